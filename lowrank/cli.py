@@ -203,3 +203,40 @@ def spectrum(**opts: Any) -> None:
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         clock=time.perf_counter,
     )
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("figures/out"),
+    show_default=True,
+    help="Folder for the figures (PDF + 300 dpi PNG each).",
+)
+@click.option("--by-layer", is_flag=True, help="Spectrum panels: one line per layer, by depth.")
+@click.option(
+    "--heatmap-run",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Which run (1-based, in the order given) the combined figure shows as heatmap.",
+)
+@handle_errors
+def figures(runs: tuple[Path, ...], out: Path, by_layer: bool, heatmap_run: int) -> None:
+    """Paper-style figures from saved run folders: Figure 1 and its companions.
+
+    Draws, from the run folders alone (no model, no corpus): per run, the cumulative
+    spectrum panel (spectrum_*.pdf/png) and the layer x head heatmap of c at index 128 on a
+    colour scale shared by all runs (heatmap_*); the per-layer summary with one line per run
+    (layers); and the combined Figure 1 (figure1): spectrum panels next to a heatmap.
+    """
+    from lowrank.figures import read_runs, write_figures
+
+    loaded = read_runs(runs)
+    if heatmap_run > len(loaded):
+        raise LowrankError(f"--heatmap-run {heatmap_run}: only {len(loaded)} runs were given")
+    if heatmap_run != 1:
+        loaded.insert(0, loaded.pop(heatmap_run - 1))
+    for path in write_figures(loaded, out, by_layer=by_layer):
+        click.echo(f"figure: {path}")

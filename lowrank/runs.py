@@ -45,7 +45,12 @@ class SpectrumRun:
 
     @property
     def label(self) -> str:
-        return f"{self.meta['model']['name']} / {self.meta['corpus']['dataset']}"
+        """``model / dataset``, with a local model folder shown by its last component."""
+        model = self.meta["model"]
+        name = str(model["name"])
+        if model.get("kind") == "local":
+            name = Path(name.rstrip("/")).name or name
+        return f"{name} / {self.meta['corpus']['dataset']}"
 
     @property
     def seq_len(self) -> int:

@@ -1,0 +1,142 @@
+"""Figures from a run folder made here with a tiny model; redrawing needs no model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from matplotlib.image import imread
+
+from lowrank import models
+from lowrank.cli import main
+from lowrank.figures import (
+    figure1,
+    heatmap_values,
+    paper_style,
+    plot_cumulative,
+    plot_heatmap,
+    plot_layer_summary,
+    shared_limits,
+)
+from lowrank.runs import read_run
+from tests.helpers import SEQ_LEN
+
+
+@pytest.fixture(scope="module")
+def runs(roberta_dir, bert_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("fig-runs")
+    made = []
+    for name, model, extra in [
+        ("rob", roberta_dir, []),
+        ("bert", bert_dir, ["--dataset", "sample-imdb", "--keep-short"]),
+    ]:
+        out = base / name
+        args = [
+            "spectrum",
+            "--model",
+            str(model),
+            "--seq-len",
+            str(SEQ_LEN),
+            "--num-sequences",
+            "4",
+            "--out",
+            str(out),
+            *extra,
+        ]
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+        made.append(out)
+    return made
+
+
+def test_figures_command_writes_valid_pdf_and_png_without_a_model(runs, tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("figures must not load a model")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    out = tmp_path / "figs"
+    res = CliRunner().invoke(main, ["figures", *map(str, runs), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in out.iterdir())
+    stems = {p.rsplit(".", 1)[0] for p in names}
+    assert len(names) == 2 * len(stems)
+    assert {"figure1", "layers"} <= stems
+    assert sum(s.startswith("heatmap_") for s in stems) == 2
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert imread(png).shape[1] >= 600  # 300 dpi at column width
+    for pdf in out.glob("*.pdf"):
+        data = pdf.read_bytes()
+        assert data.startswith(b"%PDF")
+        assert b"/FontFile2" in data and b"/FontFile3" not in data  # TrueType embedded
+
+
+def test_heatmap_data_equals_the_runs_c_at_the_heatmap_index(runs):
+    run = read_run(runs[0])
+    with paper_style():
+        ax = plot_heatmap(run)
+    drawn = np.asarray(ax.collections[0].get_array()).reshape(run.stats.summaries.shape[:2])
+    expected = run.stats.cumulative.mean[..., run.stats.index - 1]
+    np.testing.assert_allclose(drawn[::-1], expected, atol=1e-12)  # layer 1 at the bottom
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[-1] == "1"
+    assert len(ax.texts) == expected.size  # 12 cells: annotated
+
+
+def test_plot_functions_take_and_return_axes(runs):
+    import matplotlib.pyplot as plt
+
+    both = [read_run(r) for r in runs]
+    with paper_style():
+        _fig, axes = plt.subplots(1, 3)
+        assert plot_cumulative(both[0], ax=axes[0]) is axes[0]
+        assert plot_heatmap(both[1], ax=axes[1], colorbar=False) is axes[1]
+        assert plot_layer_summary(both, ax=axes[2]) is axes[2]
+        line = axes[0].get_lines()[0]
+        np.testing.assert_allclose(
+            line.get_ydata(), both[0].stats.cumulative.mean.mean(axis=(0, 1)), atol=1e-12
+        )
+        assert len(axes[2].get_legend().get_texts()) == 2
+        combined = figure1(both)
+        # two spectrum panels + heatmap + its colour bar
+        assert len(combined.axes) == 4
+        plt.close("all")
+
+
+def test_shared_colour_scale_covers_all_runs(runs):
+    both = [read_run(r) for r in runs]
+    lo, hi = shared_limits(both)
+    for run in both:
+        values = heatmap_values(run)
+        assert lo <= values.min() and values.max() <= hi
+
+
+def test_spectrum_plot_flag_draws_into_the_run_folder(roberta_dir, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "spectrum",
+        "--model",
+        str(roberta_dir),
+        "--seq-len",
+        str(SEQ_LEN),
+        "--num-sequences",
+        "2",
+        "--out",
+        str(out),
+        "--plot",
+    ]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert (out / "figures" / "figure1.pdf").is_file()
+    assert (out / "figures" / "layers.png").is_file()
+
+
+def test_missing_or_malformed_run_folders_are_one_line(tmp_path, runs):
+    res = CliRunner().invoke(main, ["figures", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "run.json").write_text("{not json")
+    res = CliRunner().invoke(main, ["figures", str(runs[0]), str(bad), "--out", str(tmp_path)])
+    assert res.exit_code == 2 and str(bad) in res.output and "not valid JSON" in res.output
+    assert "Traceback" not in res.output
