@@ -69,3 +69,34 @@ def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        split_articles(_sample_text()),
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+    )
+    end = "<|endoftext|>"
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=end, eos_token=end)
+    torch.manual_seed(2)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        initializer_range=0.3,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    GPT2Model(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -121,3 +121,29 @@ def test_real_minilm_parity_with_output_attentions():
     assert np.abs(result.stats.cumulative.mean - ref.mean(axis=0)).max() <= 1e-6
     # the pretrained model is far from uniform attention: some heads are strongly low-rank
     assert result.stats.summaries.mean[..., 0].max() > 0.9
+
+
+def test_causal_decoder_parity_and_no_special_tokens(gpt2_dir):
+    loaded = load_model(str(gpt2_dir))
+    seqs = build_sequences(load_corpus("sample-wiki", None), loaded.tokenizer, 64, 4)
+    assert seqs.policy["special_tokens"] == {"start": [], "end": []}
+    result = analyse(loaded, seqs, 16, batch_size=2)
+    ref = reference_cumulative(loaded.model, seqs.input_ids, seqs.lengths)
+    assert np.abs(result.stats.cumulative.mean - ref.mean(axis=0)).max() <= 1e-6
+
+
+def test_two_halves_merge_to_the_whole_run(roberta, wiki_sequences):
+    from lowrank.corpora import Sequences
+
+    seqs = wiki_sequences
+    whole = analyse(roberta, seqs, 12, batch_size=4).stats
+
+    def part(sl: slice):
+        return Sequences(seqs.input_ids[sl], seqs.lengths[sl], seqs.policy)
+
+    merged = analyse(roberta, part(slice(0, 2)), 12).stats.merge(
+        analyse(roberta, part(slice(2, None)), 12).stats
+    )
+    assert merged.count == whole.count
+    assert np.abs(merged.cumulative.mean - whole.cumulative.mean).max() <= 1e-12
+    assert np.abs(merged.cumulative.m2 - whole.cumulative.m2).max() <= 1e-12
