@@ -50,12 +50,18 @@ class AttentionCall:
 
 
 Sink = Callable[[AttentionCall], None]
+# An override computes a layer's attention output itself: (layer, query, key, value,
+# key_mask (B, n) or None, scale) -> (B, H, n, d). Used for Linformer-style replacements.
+Override = Callable[
+    [int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor
+]
 
 
 @dataclass
 class _Active:
-    sink: Sink
+    sink: Sink | None
     lengths: torch.Tensor | None
+    override: Override | None = None
     calls: int = 0
 
 
@@ -84,13 +90,22 @@ def capture_attention_forward(
     key = _repeat_kv(key, query.shape[1])
     value = _repeat_kv(value, query.shape[1])
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if active.override is not None:
+        key_mask = None
+        if active.lengths is not None:
+            positions = torch.arange(key.shape[-2], device=key.device)
+            key_mask = positions[None, :] < active.lengths.to(key.device)[:, None]
+        out = active.override(active.calls, query, key, value, key_mask, scale)
+        active.calls += 1
+        return out.transpose(1, 2).contiguous(), None
     scores = torch.matmul(query, key.transpose(2, 3)) * scale
     if attention_mask is not None:
         scores = scores + attention_mask[..., : key.shape[-2]]
     probs = torch.softmax(scores, dim=-1)
     del scores
     output = torch.matmul(probs, value).transpose(1, 2).contiguous()  # (B, n, H, d)
-    active.sink(AttentionCall(active.calls, probs, query, key, value, active.lengths, module))
+    if active.sink is not None:
+        active.sink(AttentionCall(active.calls, probs, query, key, value, active.lengths, module))
     active.calls += 1
     return output, None
 
@@ -101,7 +116,10 @@ AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)
 
 @contextmanager
 def capture(
-    model: Any, sink: Sink, lengths: torch.Tensor | None = None
+    model: Any,
+    sink: Sink | None,
+    lengths: torch.Tensor | None = None,
+    override: Override | None = None,
 ) -> Iterator[Callable[[], int]]:
     """Route the model's self-attention through ``sink`` for the duration of the block.
 
@@ -109,6 +127,9 @@ def capture(
         model: a transformers ``PreTrainedModel`` in eval mode.
         sink: called once per layer and forward pass with an :class:`AttentionCall`.
         lengths: (B,) valid tokens per sequence, passed on to the sink.
+        override: when given, each layer's output is ``override(layer, q, k, v, key_mask,
+            scale)`` instead of eager attention (the sink is not called): a training-free
+            replacement such as Linformer's projected keys and values.
 
     Yields:
         A function returning how many attention calls the sink has seen so far.
@@ -118,7 +139,7 @@ def capture(
     if model.training:
         raise LowrankError("capture needs the model in eval mode (dropout would change P)")
     previous = model.config._attn_implementation
-    state = _Active(sink, lengths)
+    state = _Active(sink, lengths, override)
     token = _ACTIVE.set(state)
     try:
         model.set_attn_implementation(IMPLEMENTATION)

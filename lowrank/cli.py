@@ -32,6 +32,34 @@ from lowrank.errors import LowrankError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class CommaList(click.ParamType):
+    """``32,64,128``: a comma-separated list of ints, floats or choices."""
+
+    name = "list"
+
+    def __init__(self, kind: type = int, choices: tuple[str, ...] | None = None) -> None:
+        self.kind, self.choices = kind, choices
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not items:
+            self.fail("give at least one value", param, ctx)
+        out = []
+        for item in items:
+            if self.choices is not None:
+                if item not in self.choices:
+                    self.fail(f"{item!r} is not one of {', '.join(self.choices)}", param, ctx)
+                out.append(item)
+                continue
+            try:
+                out.append(self.kind(item))
+            except ValueError:
+                self.fail(f"{item!r} is not a {self.kind.__name__}", param, ctx)
+        return tuple(out)
+
+
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
@@ -240,3 +268,172 @@ def figures(runs: tuple[Path, ...], out: Path, by_layer: bool, heatmap_run: int)
         loaded.insert(0, loaded.pop(heatmap_run - 1))
     for path in write_figures(loaded, out, by_layer=by_layer):
         click.echo(f"figure: {path}")
+
+
+def corpus_options(func: F) -> F:
+    """The model and corpus options shared by the analysis commands."""
+    options = [
+        click.option("--model", default="minilm", show_default=True, help=_model_help()),
+        click.option(
+            "--dataset",
+            type=click.Choice(get_args(DatasetName)),
+            default=None,
+            help="Corpus (see `lowrank spectrum --help`); default sample-wiki.",
+        ),
+        click.option(
+            "--data",
+            type=click.Path(path_type=str),
+            default=None,
+            help="Local corpus file or folder.",
+        ),
+        click.option("--split", default="test", show_default=True),
+        click.option(
+            "--seq-len",
+            type=int,
+            default=PAPER_SEQ_LEN,
+            show_default=True,
+            help="n, tokens per sequence.",
+        ),
+        click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True),
+        click.option(
+            "--seed",
+            type=int,
+            default=None,
+            help="Seeded random sample of sequences (default: corpus order).",
+        ),
+        click.option(
+            "--policy", type=click.Choice(get_args(Policy)), default="auto", show_default=True
+        ),
+        click.option(
+            "--device", type=click.Choice(get_args(Device)), default="auto", show_default=True
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _config(opts: dict[str, Any], num_sequences: int) -> SpectrumConfig:
+    keys = (
+        "model",
+        "dataset",
+        "data",
+        "split",
+        "seq_len",
+        "batch_size",
+        "seed",
+        "policy",
+        "device",
+    )
+    config = SpectrumConfig(**{k: opts.pop(k) for k in keys}, num_sequences=num_sequences)
+    if config.seq_len < 2:
+        raise LowrankError(f"--seq-len {config.seq_len} is too short: use at least 2 tokens")
+    return config
+
+
+METHODS = (
+    "gaussian",
+    "rademacher",
+    "sparse",
+    "very-sparse",
+    "mean-pool",
+    "max-pool",
+    "conv",
+    "svd",
+)
+SHARINGS = ("none", "headwise", "key-value", "layerwise")
+
+
+@main.command()
+@corpus_options
+@click.option("--num-sequences", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--k",
+    "ks",
+    type=CommaList(int),
+    default="32,64,128,256",
+    show_default=True,
+    help="Projected dimensions, comma-separated, each in 1..n.",
+)
+@click.option(
+    "--method",
+    "methods",
+    type=CommaList(str, METHODS),
+    default="gaussian,rademacher,sparse,mean-pool,svd",
+    show_default=True,
+    help=f"Projections: {', '.join(METHODS)} (svd = best rank-k, the optimum).",
+)
+@click.option(
+    "--draws",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Draws of R per sequence for the random methods.",
+)
+@click.option(
+    "--delta",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="E = delta R, F = exp(-delta) R (proof of Theorem 2; the paper leaves delta open).",
+)
+@click.option(
+    "--proj-seed", type=int, default=0, show_default=True, help="Seed of the projection draws."
+)
+@click.option(
+    "--sharing",
+    "sharings",
+    type=CommaList(str, SHARINGS),
+    default="none,headwise,key-value,layerwise",
+    show_default=True,
+    help="Sharing strategies for the model-level effect.",
+)
+@click.option(
+    "--model-effect/--no-model-effect",
+    default=True,
+    show_default=True,
+    help="Also replace every layer's K and V by projections and compare outputs.",
+)
+@click.option("--heatmap-k", type=int, default=None, help="k of the layer x head heatmap.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs/project"), show_default=True
+)
+@click.option("--overwrite", is_flag=True)
+@click.option("--plot", is_flag=True, help="Draw error-vs-k and the heatmap into <out>/figures.")
+@handle_errors
+def project(**opts: Any) -> None:
+    """How well JL and Linformer projections approximate real attention, against k.
+
+    From one forward pass per batch, for every method, k and (layer, head): the Theorem 1
+    error ||P R^T R w - P w|| / ||P w|| over the columns w of the value matrix, and the
+    Theorem 2 error of the Linformer head output softmax(Q (E K)^T / sqrt(d)) F V against the
+    exact head output; mean, median and 95th percentile over sequences and draws go to
+    <out>/projection.npz. With --model-effect, every layer's keys and values are projected
+    (each sharing strategy) and the final hidden states (and masked-LM loss, for models with
+    an MLM head) are compared with the exact model.
+    """
+    from lowrank.approximation import ProjectionSpec
+    from lowrank.project_command import run_project
+
+    ctx = click.get_current_context()
+    config = _config(opts, opts.pop("num_sequences"))
+    spec = ProjectionSpec(
+        tuple(opts["methods"]),
+        tuple(sorted(set(opts["ks"]))),
+        opts["draws"],
+        opts["delta"],
+        opts["proj_seed"],
+    )
+    run_project(
+        config,
+        spec,
+        tuple(opts["sharings"]),
+        opts["model_effect"],
+        opts["out"],
+        opts["overwrite"],
+        opts["plot"],
+        opts["heatmap_k"],
+        command_line(ctx),
+        _versions(),
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )

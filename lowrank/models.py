@@ -193,3 +193,28 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> Loaded
     model.eval()
     model.to(device)
     return LoadedModel(model, tokenizer, source, layers, heads, positions)
+
+
+def load_masked_lm(loaded: LoadedModel) -> Any | None:
+    """The same checkpoint with its masked-LM head, or None when it has no trained head.
+
+    The base model must be loaded first (for hub models its files are then in the cache).
+    A checkpoint without head weights (e.g. a sentence-transformers encoder such as MiniLM)
+    would get a randomly initialised head, so it is reported as having none.
+    """
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        with quiet():
+            model, info = AutoModelForMaskedLM.from_pretrained(
+                loaded.source.location,
+                local_files_only=True,
+                attn_implementation="eager",
+                dtype=loaded.model.dtype,
+                output_loading_info=True,
+            )
+    except (OSError, ValueError, KeyError):
+        return None
+    if any(not key.startswith(loaded.model.base_model_prefix) for key in info["missing_keys"]):
+        return None
+    return model.eval().to(loaded.model.device)

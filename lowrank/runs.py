@@ -146,24 +146,9 @@ def read_run(path: str | Path) -> SpectrumRun:
         LowrankError: naming the folder and what is missing, truncated or inconsistent.
     """
     folder = Path(path)
-    if not folder.is_dir():
-        raise LowrankError(f"run folder '{folder}' does not exist")
+    meta = _load_meta(folder, FORMAT)
     meta_path, npz_path = folder / RUN_JSON, folder / SPECTRUM_NPZ
-    if not meta_path.is_file():
-        raise LowrankError(f"'{folder}' is not a run folder: it has no {RUN_JSON}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LowrankError(f"'{meta_path}' is not valid JSON (truncated?): {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise LowrankError(f"'{meta_path}' is not a lowrank spectrum run ({FORMAT})")
-    if not npz_path.is_file():
-        raise LowrankError(f"run folder '{folder}' has no {SPECTRUM_NPZ}")
-    try:
-        with np.load(npz_path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise LowrankError(f"'{npz_path}' is corrupted or truncated: {exc}") from exc
+    data = _load_npz(npz_path)
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise LowrankError(f"'{npz_path}' lacks arrays {', '.join(missing)}")
@@ -189,3 +174,67 @@ def read_run(path: str | Path) -> SpectrumRun:
         int(data["heatmap_index"]),
     )
     return SpectrumRun(folder, meta, stats, data["input_ids"], data.get("attention_mask"))
+
+
+PROJECTION_FORMAT = "lowrank-projection"
+PROJECTION_NPZ = "projection.npz"
+
+
+@dataclass
+class ProjectionRun:
+    """A projection run folder read back."""
+
+    path: Path
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def methods(self) -> list[str]:
+        return [str(m) for m in self.arrays["methods"]]
+
+    @property
+    def ks(self) -> np.ndarray:
+        return self.arrays["ks"]
+
+    def stat(self, kind: str, method: str, stat: str = "mean") -> np.ndarray:
+        """(K, L, H) statistic of ``kind`` (theorem1/theorem2) errors for ``method``."""
+        key = f"{kind}_{method}_{stat}"
+        if key not in self.arrays:
+            raise LowrankError(f"'{self.path}' has no {key}")
+        return self.arrays[key]
+
+
+def _load_meta(folder: Path, fmt: str) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise LowrankError(f"run folder '{folder}' does not exist")
+    meta_path = folder / RUN_JSON
+    if not meta_path.is_file():
+        raise LowrankError(f"'{folder}' is not a run folder: it has no {RUN_JSON}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LowrankError(f"'{meta_path}' is not valid JSON (truncated?): {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise LowrankError(f"'{meta_path}' is not a {fmt} run")
+    return meta
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise LowrankError(f"run folder '{path.parent}' has no {path.name}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise LowrankError(f"'{path}' is corrupted or truncated: {exc}") from exc
+
+
+def read_projection_run(path: str | Path) -> ProjectionRun:
+    """Read and validate a ``lowrank project`` run folder."""
+    folder = Path(path)
+    meta = _load_meta(folder, PROJECTION_FORMAT)
+    arrays = _load_npz(folder / PROJECTION_NPZ)
+    for key in ("ks", "methods"):
+        if key not in arrays:
+            raise LowrankError(f"'{folder / PROJECTION_NPZ}' lacks the array {key}")
+    return ProjectionRun(folder, meta, arrays)

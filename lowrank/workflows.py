@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +30,48 @@ def _warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
-def run_spectrum(
-    config: SpectrumConfig,
-    out: Path | None,
-    overwrite: bool,
-    plot: bool,
-    precision: float | None,
-    command: str,
-    versions: dict[str, str],
-    created: str,
-    clock: Callable[[], float],
-) -> Path:
-    """``lowrank spectrum``: the whole job, from model and corpus to a run folder."""
-    from tqdm import tqdm
+@dataclass
+class Prepared:
+    """Model, corpus and sequences of a run, with the metadata every run records."""
 
+    corpus: Any
+    loaded: Any
+    sequences: Any
+    device: Any
+
+    def meta(self, config: SpectrumConfig) -> dict[str, Any]:
+        src = self.loaded.source
+        return {
+            "model": {
+                "name": src.name,
+                "kind": src.kind,
+                "path": src.location,
+                "revision": src.revision,
+                "model_type": self.loaded.model_type,
+            },
+            "corpus": {
+                "dataset": self.corpus.name,
+                "kind": self.corpus.kind,
+                "source": self.corpus.source,
+                "split": self.corpus.split,
+            },
+            "sequence_policy": self.sequences.policy,
+            "seq_len": config.seq_len,
+            "num_layers": self.loaded.num_layers,
+            "num_heads": self.loaded.num_heads,
+            "seed": config.seed,
+            "device": str(self.device),
+            "dtype": config.dtype,
+            "batch_size": config.batch_size,
+        }
+
+
+def prepare(config: SpectrumConfig) -> Prepared:
+    """Load the corpus and model and cut the sequences, checking every option on the way."""
     from lowrank.corpora import build_sequences, load_corpus
     from lowrank.models import load_model
-    from lowrank.pipeline import analyse, per_layer_table, resolve_device
+    from lowrank.pipeline import resolve_device
 
-    start = clock()
-    out = out or default_out(config)
-    identity = config.identity()
-    check_out_dir(out, identity, overwrite)
     device = resolve_device(config.device)
     if config.dtype != "float32" and device.type == "cpu":
         raise LowrankError(f"--dtype {config.dtype} needs --device cuda; use float32 on the CPU")
@@ -79,14 +100,40 @@ def run_spectrum(
             "(--keep-short keeps them)",
             err=True,
         )
-    index = heatmap_index(config.seq_len)
-    if index != 128:
-        _warn(f"n = {config.seq_len} < 512: the heatmap reads c at index n/4 = {index}, not 128")
     click.echo(
         f"{loaded.source.name}: {loaded.num_layers} layers x {loaded.num_heads} heads, "
         f"{n_seq} sequences of {config.seq_len} tokens from {corpus.name} on {device}",
         err=True,
     )
+    return Prepared(corpus, loaded, sequences, device)
+
+
+def run_spectrum(
+    config: SpectrumConfig,
+    out: Path | None,
+    overwrite: bool,
+    plot: bool,
+    precision: float | None,
+    command: str,
+    versions: dict[str, str],
+    created: str,
+    clock: Callable[[], float],
+) -> Path:
+    """``lowrank spectrum``: the whole job, from model and corpus to a run folder."""
+    from tqdm import tqdm
+
+    from lowrank.pipeline import analyse, per_layer_table
+
+    start = clock()
+    out = out or default_out(config)
+    identity = config.identity()
+    check_out_dir(out, identity, overwrite)
+    prep = prepare(config)
+    loaded, sequences, device = prep.loaded, prep.sequences, prep.device
+    n_seq = len(sequences.lengths)
+    index = heatmap_index(config.seq_len)
+    if index != 128:
+        _warn(f"n = {config.seq_len} < 512: the heatmap reads c at index n/4 = {index}, not 128")
     with tqdm(total=n_seq, unit="seq", desc="spectrum", file=sys.stderr) as bar:
         result = analyse(
             loaded,
@@ -111,29 +158,9 @@ def run_spectrum(
         "created": created,
         "identity": identity,
         "config": config.to_json(),
-        "model": {
-            "name": loaded.source.name,
-            "kind": loaded.source.kind,
-            "path": loaded.source.location,
-            "revision": loaded.source.revision,
-            "model_type": loaded.model_type,
-        },
-        "corpus": {
-            "dataset": corpus.name,
-            "kind": corpus.kind,
-            "source": corpus.source,
-            "split": corpus.split,
-        },
-        "sequence_policy": policy,
-        "seq_len": config.seq_len,
+        **prep.meta(config),
         "num_sequences": used,
-        "num_layers": loaded.num_layers,
-        "num_heads": loaded.num_heads,
         "heatmap_index": index,
-        "seed": config.seed,
-        "device": str(device),
-        "dtype": config.dtype,
-        "batch_size": config.batch_size,
         "precision": None
         if precision is None
         else {
