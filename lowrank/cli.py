@@ -95,7 +95,11 @@ def command_line(ctx: click.Context) -> str:
     """The command that reproduces this invocation: the options the user set, canonical."""
     from click.core import ParameterSource
 
-    words = ["lowrank", *ctx.command_path.split()[1:]]
+    names, node = [], ctx
+    while node.parent is not None:  # the root's name depends on how it was started
+        names.append(node.info_name or "")
+        node = node.parent
+    words = ["lowrank", *reversed(names)]
     for param in ctx.command.params:
         name = param.name or ""
         if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
@@ -204,6 +208,20 @@ def _model_help() -> str:
 )
 @click.option("--overwrite", is_flag=True, help="Replace a run folder from another configuration.")
 @click.option("--plot", is_flag=True, help="Draw the run's figures into <out>/figures.")
+@click.option(
+    "--shard",
+    type=str,
+    default=None,
+    help="i/N: analyse the i-th (1-based) of N contiguous, disjoint parts of the sequence "
+    "list; combine the parts with `lowrank merge`.",
+)
+@click.option("--resume", is_flag=True, help="Continue the partial run saved in --out.")
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Save the accumulators every N sequences (default: after each minute of work).",
+)
 @handle_errors
 def spectrum(**opts: Any) -> None:
     """Singular-value spectra of every attention matrix P (the paper's Figure 1).
@@ -217,6 +235,11 @@ def spectrum(**opts: Any) -> None:
 
     precision = opts.pop("precision")
     out, overwrite, plot = opts.pop("out"), opts.pop("overwrite"), opts.pop("plot")
+    shard, resume, every = (
+        parse_shard(opts.pop("shard")),
+        opts.pop("resume"),
+        opts.pop("checkpoint_every"),
+    )
     config = SpectrumConfig(**opts)
     if config.seq_len < 2:
         raise LowrankError(f"--seq-len {config.seq_len} is too short: use at least 2 tokens")
@@ -230,7 +253,23 @@ def spectrum(**opts: Any) -> None:
         versions=_versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         clock=time.perf_counter,
+        shard=shard,
+        resume=resume,
+        checkpoint_every=every,
     )
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"2/8"`` -> (2, 8)."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise LowrankError(f"--shard {text!r}: write it as i/N, e.g. 2/8") from None
+    if n < 1 or not 1 <= i <= n:
+        raise LowrankError(f"--shard {text}: need 1 <= i <= N")
+    return i, n
 
 
 @main.command()
@@ -437,3 +476,140 @@ def project(**opts: Any) -> None:
         _versions(),
         datetime.now(UTC).isoformat(timespec="seconds"),
     )
+
+
+@main.command()
+@corpus_options
+@click.option(
+    "--num-sequences",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Sequences of real attention (each gives layers x heads matrices P).",
+)
+@click.option(
+    "--eps",
+    "eps",
+    type=CommaList(float),
+    default="0.1,0.2,0.3,0.5",
+    show_default=True,
+    help="Error levels, each in (0, 1).",
+)
+@click.option(
+    "--k",
+    "ks",
+    type=CommaList(int),
+    default="16,32,64,128,256,512",
+    show_default=True,
+    help="Projected dimensions, each in 1..n.",
+)
+@click.option(
+    "--temperatures",
+    type=CommaList(float),
+    default="0.1,1,4,16",
+    show_default=True,
+    help="Synthetic attention softmax(X Y^T / sqrt(d) * T): near-uniform to one-hot.",
+)
+@click.option(
+    "--synthetic-count",
+    type=click.IntRange(min=1),
+    default=24,
+    show_default=True,
+    help="Synthetic matrices P per temperature.",
+)
+@click.option(
+    "--jl-trials",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Random vector pairs for the JL sanity rows.",
+)
+@click.option(
+    "--target",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Failure rate delta for the 'k needed' table.",
+)
+@click.option(
+    "--theorem2/--no-theorem2",
+    default=True,
+    show_default=True,
+    help="Also measure Theorem 2's statement on real attention.",
+)
+@click.option(
+    "--verify-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the projection draws and synthetic matrices.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs/verify"), show_default=True
+)
+@click.option("--overwrite", is_flag=True)
+@click.option("--plot", is_flag=True, help="Draw failure rate against k into <out>/figures.")
+@handle_errors
+def verify(**opts: Any) -> None:
+    """Check Theorems 1 and 2 numerically: bounds against measured failure rates.
+
+    For each eps and k: the fraction of (P, w, R) triples with ||P R^T R w - P w|| >=
+    eps ||P w|| on real attention (captured P and value columns w) and on synthetic attention
+    at several temperatures, a Clopper-Pearson 95% interval, the union bound
+    2 n exp(-(eps^2 - eps^3) k / 4) of Theorem 1's proof, and a verdict (the bound holds when
+    the interval's upper end is below it); the JL lemma itself on random vectors as a sanity
+    row; and, per eps, the smallest k whose failure rate is below --target next to the k the
+    theorem asks for. Writes verify.csv, verify.json, verify.npz and run.json.
+    """
+    from lowrank.verify_command import run_verify
+
+    ctx = click.get_current_context()
+    config = _config(opts, opts.pop("num_sequences"))
+    run_verify(
+        config,
+        list(opts["eps"]),
+        sorted(set(opts["ks"])),
+        list(opts["temperatures"]),
+        opts["synthetic_count"],
+        opts["jl_trials"],
+        opts["target"],
+        opts["theorem2"],
+        opts["verify_seed"],
+        opts["out"],
+        opts["overwrite"],
+        opts["plot"],
+        command_line(ctx),
+        _versions(),
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+@main.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Folder for the merged run."
+)
+@click.option("--overwrite", is_flag=True)
+@handle_errors
+def merge(parts: tuple[Path, ...], out: Path, overwrite: bool) -> None:
+    """Combine the shards of one run (lowrank spectrum --shard i/N) exactly.
+
+    Means and variances merge with Chan et al.'s parallel formula, so the merged run equals
+    the run over all sequences at once (up to float64 rounding). Runs of different models,
+    corpora, n or sequence policies are refused.
+    """
+    from lowrank.merge import merge_folders
+    from lowrank.runs import check_out_dir, write_run
+
+    meta, arrays, complete = merge_folders(list(parts))
+    check_out_dir(out, meta["identity"] | {"merged": True}, overwrite)
+    meta["identity"] = meta["identity"] | {"merged": True}
+    meta["command"] = command_line(click.get_current_context())
+    write_run(out, meta, arrays)
+    if not complete:
+        click.echo(
+            "warning: not every shard of the run was given; the merged run covers "
+            f"{meta['num_sequences']} sequences",
+            err=True,
+        )
+    click.echo(f"merged {len(parts)} shards ({meta['num_sequences']} sequences) into {out}")

@@ -135,8 +135,14 @@ def plot_projection_folder(folder: Path, out: Path | None = None) -> list[Path]:
         plot_error_vs_k(run, "theorem1", axes[0], legend=False)
         plot_error_vs_k(run, "theorem2", axes[1], legend=False)
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False,
-                   fontsize="small")
+        fig.legend(
+            handles,
+            labels,
+            loc="outside lower center",
+            ncol=len(labels),
+            frameon=False,
+            fontsize="small",
+        )
         if has_effect:
             plot_effect(run, axes[2])
         fig.suptitle(title, fontsize="medium")

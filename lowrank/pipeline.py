@@ -74,6 +74,72 @@ class PipelineResult:
     notes: list[str] = field(default_factory=list)
 
 
+class Interrupted(Exception):
+    """Raised from :func:`analyse` on Ctrl-C/SIGTERM, carrying the statistics so far."""
+
+    def __init__(self, stats: SpectrumStats, next_index: int) -> None:
+        super().__init__(f"interrupted after {next_index} sequences")
+        self.stats, self.next_index = stats, next_index
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA and CPU allocator failures (worth retrying with a smaller batch)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _spectra(
+    loaded: LoadedModel, ids: np.ndarray, lengths: np.ndarray, padded: bool, device: torch.device
+) -> np.ndarray:
+    """(b, L, H, n) singular values of one batch."""
+    n = ids.shape[1]
+    lens = torch.from_numpy(lengths)
+    mask = (torch.arange(n)[None, :] < lens[:, None]).long().to(device)
+    sink = SpectrumSink(len(lengths), loaded.num_layers, loaded.num_heads, n)
+    with torch.inference_mode(), capture(loaded.model, sink, lens if padded else None) as seen:
+        loaded.model(input_ids=torch.from_numpy(ids).to(device), attention_mask=mask)
+        calls = seen()
+    if calls == 0:
+        raise LowrankError(
+            f"model '{loaded.source.name}' ran no attention layer that lowrank can "
+            "capture (it needs transformers' attention interface)"
+        )
+    if calls != loaded.num_layers:
+        raise LowrankError(
+            f"captured {calls} attention layers, the config says {loaded.num_layers}"
+        )
+    return sink.spectra.numpy()
+
+
+def _spectra_retrying(
+    loaded: LoadedModel,
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    padded: bool,
+    device: torch.device,
+    warn: Callable[[str], None],
+) -> list[np.ndarray]:
+    """Spectra of a batch, halving it (recursively) when it runs out of memory."""
+    try:
+        return [_spectra(loaded, ids, lengths, padded, device)]
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        if len(lengths) == 1:
+            raise LowrankError(
+                "out of memory on a single sequence: use a smaller --seq-len, another "
+                "--device, or a machine with more memory"
+            ) from exc
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(lengths) // 2
+        warn(f"out of memory on a batch of {len(lengths)}: retrying as batches of {half}")
+        return _spectra_retrying(loaded, ids[:half], lengths[:half], padded, device, warn) + (
+            _spectra_retrying(loaded, ids[half:], lengths[half:], padded, device, warn)
+        )
+
+
 def analyse(
     loaded: LoadedModel,
     sequences: Sequences,
@@ -84,6 +150,10 @@ def analyse(
     precision_indices: list[int] | None = None,
     progress: Callable[[int], None] | None = None,
     min_sequences: int = 10,
+    start: tuple[SpectrumStats, int] | None = None,
+    checkpoint: Callable[[SpectrumStats, int], None] | None = None,
+    checkpoint_due: Callable[[int], bool] | None = None,
+    warn: Callable[[str], None] = lambda message: None,
 ) -> PipelineResult:
     """Spectra of every (layer, head) for every sequence, accumulated into statistics.
 
@@ -95,43 +165,49 @@ def analyse(
             (checked after each batch, from ``min_sequences`` on); None runs all sequences.
         precision_indices: 1-based curve points tracked by ``precision`` (default: index).
         progress: called with the number of sequences finished after each batch.
+        start: statistics and the index of the next sequence, to resume a run.
+        checkpoint: called with (statistics, next index) after a batch when
+            ``checkpoint_due(sequences done since the last checkpoint)`` says so.
+        warn: receives one-line warnings (e.g. a batch retried after running out of memory).
+
+    Raises:
+        Interrupted: on KeyboardInterrupt, with the statistics of the finished batches.
     """
     device = device or torch.device("cpu")
     n = sequences.input_ids.shape[1]
-    layers, heads = loaded.num_layers, loaded.num_heads
-    stats = SpectrumStats.empty(layers, heads, n, index)
+    stats, first = start or (SpectrumStats.empty(loaded.num_layers, loaded.num_heads, n, index), 0)
     tracked = precision_indices or [index]
     padded = bool((sequences.lengths < n).any())
-    start = time.perf_counter()
+    began = time.perf_counter()
     result = PipelineResult(stats, 0, 0.0)
-    for lo in range(0, len(sequences.lengths), batch_size):
-        ids = torch.from_numpy(sequences.input_ids[lo : lo + batch_size]).to(device)
-        lengths = torch.from_numpy(sequences.lengths[lo : lo + batch_size])
-        mask = (torch.arange(n)[None, :] < lengths[:, None]).long().to(device)
-        sink = SpectrumSink(len(lengths), layers, heads, n)
-        valid = lengths if padded else None
-        with torch.inference_mode(), capture(loaded.model, sink, valid) as seen:
-            loaded.model(input_ids=ids, attention_mask=mask)
-            calls = seen()
-        if calls == 0:
-            raise LowrankError(
-                f"model '{loaded.source.name}' ran no attention layer that lowrank can "
-                "capture (it needs transformers' attention interface)"
+    since = 0
+    lo = first
+    try:
+        for lo in range(first, len(sequences.lengths), batch_size):
+            hi = lo + batch_size
+            parts = _spectra_retrying(
+                loaded, sequences.input_ids[lo:hi], sequences.lengths[lo:hi], padded, device, warn
             )
-        if calls != layers:
-            raise LowrankError(f"captured {calls} attention layers, the config says {layers}")
-        stats = stats.add(sink.spectra.numpy())
-        if progress is not None:
-            progress(len(lengths))
-        if precision is not None and stats.count >= min_sequences:
-            hw = stats.half_width(tracked)
-            result.half_width = hw
-            if hw < precision:
-                result.stopped_early = stats.count < len(sequences.lengths)
-                break
+            for part in parts:
+                stats = stats.add(part)
+            done = len(sequences.lengths[lo:hi])
+            since += done
+            if progress is not None:
+                progress(done)
+            if checkpoint is not None and checkpoint_due is not None and checkpoint_due(since):
+                checkpoint(stats, lo + done)
+                since = 0
+            if precision is not None and stats.count >= min_sequences:
+                hw = stats.half_width(tracked)
+                result.half_width = hw
+                if hw < precision:
+                    result.stopped_early = lo + done < len(sequences.lengths)
+                    break
+    except KeyboardInterrupt:
+        raise Interrupted(stats, first + (stats.count - (start[0].count if start else 0))) from None
     result.stats = stats
     result.sequences_used = stats.count
-    result.seconds = time.perf_counter() - start
+    result.seconds = time.perf_counter() - began
     if precision is not None:
         result.half_width = stats.half_width(tracked)
         if not math.isfinite(result.half_width) or result.half_width >= precision:

@@ -73,11 +73,18 @@ def stats_arrays(stats: SpectrumStats) -> dict[str, np.ndarray]:
     return arrays
 
 
-def check_out_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
+CHECKPOINT_JSON = "checkpoint.json"
+CHECKPOINT_NPZ = "checkpoint.npz"
+
+
+def check_out_dir(
+    out: Path, identity: dict[str, Any], overwrite: bool, resume: bool = False
+) -> None:
     """Refuse an output folder that holds something we must not replace.
 
     A missing or empty folder is fine; one holding a run with the same ``identity`` is
     replaced (same numbers); another run needs ``overwrite``; foreign files are never touched.
+    A partial run (a checkpoint) of the same identity needs ``resume`` or ``overwrite``.
     """
     if not out.exists():
         return
@@ -85,6 +92,23 @@ def check_out_dir(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
         raise LowrankError(f"--out '{out}' is a file, not a folder: choose another --out")
     entries = {p.name for p in out.iterdir()}
     if not entries:
+        return
+    if CHECKPOINT_JSON in entries and RUN_JSON not in entries:
+        try:
+            partial = json.loads((out / CHECKPOINT_JSON).read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            partial = {}
+        if partial.get("identity") != identity and not overwrite:
+            raise LowrankError(
+                f"--out '{out}' holds a partial run of another configuration: choose another "
+                "--out or pass --overwrite"
+            )
+        if not resume and not overwrite:
+            raise LowrankError(
+                f"--out '{out}' holds a partial run ({partial.get('next_index', '?')} of "
+                f"{partial.get('total', '?')} sequences): pass --resume to continue it or "
+                "--overwrite to start again"
+            )
         return
     if RUN_JSON not in entries:
         raise LowrankError(
@@ -238,3 +262,58 @@ def read_projection_run(path: str | Path) -> ProjectionRun:
         if key not in arrays:
             raise LowrankError(f"'{folder / PROJECTION_NPZ}' lacks the array {key}")
     return ProjectionRun(folder, meta, arrays)
+
+
+def write_checkpoint(
+    out: Path,
+    identity: dict[str, Any],
+    stats: SpectrumStats,
+    next_index: int,
+    total: int,
+    command: str,
+) -> None:
+    """Save the accumulators and the next sequence index atomically (npz, then json)."""
+    out.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = stats_arrays(stats)
+    _atomic_write(out / CHECKPOINT_NPZ, lambda fh: np.savez(fh, **arrays))
+    text = (
+        json.dumps(
+            {"identity": identity, "next_index": next_index, "total": total, "command": command},
+            indent=2,
+        )
+        + "\n"
+    )
+    _atomic_write(out / CHECKPOINT_JSON, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def read_checkpoint(out: Path, identity: dict[str, Any]) -> tuple[SpectrumStats, int] | None:
+    """The accumulators and next index of a partial run with this identity, if any."""
+    if not (out / CHECKPOINT_JSON).is_file():
+        return None
+    try:
+        info = json.loads((out / CHECKPOINT_JSON).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LowrankError(f"'{out / CHECKPOINT_JSON}' is corrupted: {exc}") from exc
+    if info.get("identity") != identity:
+        raise LowrankError(f"the checkpoint in '{out}' belongs to another configuration")
+    data = _load_npz(out / CHECKPOINT_NPZ)
+    try:
+        count = int(data["num_sequences"])
+        stats = SpectrumStats(
+            RunningMoments(count, data["cumulative_mean"], data["cumulative_m2"]),
+            RunningMoments(count, data["singular_values_mean"], data["singular_values_m2"]),
+            RunningMoments(
+                count,
+                np.stack([data[f"{s}_mean"] for s in SUMMARY_NAMES], axis=-1),
+                data["summaries_m2"],
+            ),
+            int(data["heatmap_index"]),
+        )
+    except KeyError as exc:
+        raise LowrankError(f"'{out / CHECKPOINT_NPZ}' lacks {exc}") from exc
+    return stats, int(info["next_index"])
+
+
+def clear_checkpoint(out: Path) -> None:
+    for name in (CHECKPOINT_JSON, CHECKPOINT_NPZ):
+        (out / name).unlink(missing_ok=True)

@@ -7,7 +7,8 @@ CLI only parses options.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,16 @@ import numpy as np
 
 from lowrank.config import SpectrumConfig, heatmap_index
 from lowrank.errors import LowrankError
-from lowrank.runs import FORMAT, FORMAT_VERSION, check_out_dir, stats_arrays, write_run
+from lowrank.runs import (
+    FORMAT,
+    FORMAT_VERSION,
+    check_out_dir,
+    clear_checkpoint,
+    read_checkpoint,
+    stats_arrays,
+    write_checkpoint,
+    write_run,
+)
 
 
 def default_out(config: SpectrumConfig) -> Path:
@@ -118,33 +128,86 @@ def run_spectrum(
     versions: dict[str, str],
     created: str,
     clock: Callable[[], float],
+    shard: tuple[int, int] | None = None,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
 ) -> Path:
-    """``lowrank spectrum``: the whole job, from model and corpus to a run folder."""
+    """``lowrank spectrum``: the whole job, from model and corpus to a run folder.
+
+    Long runs save their accumulators to ``<out>/checkpoint.{npz,json}`` every
+    ``checkpoint_every`` sequences (default: after each minute of work) and on Ctrl-C or
+    SIGTERM; ``resume`` continues from there. ``shard = (i, N)`` analyses the i-th of N
+    contiguous, disjoint parts of the sequence list (``lowrank merge`` combines them).
+    """
     from tqdm import tqdm
 
-    from lowrank.pipeline import analyse, per_layer_table
+    from lowrank.pipeline import Interrupted, analyse, per_layer_table
 
     start = clock()
     out = out or default_out(config)
-    identity = config.identity()
-    check_out_dir(out, identity, overwrite)
+    identity = config.identity() | ({"shard": list(shard)} if shard else {})
+    if resume and (out / "run.json").is_file() and not (out / "checkpoint.json").is_file():
+        raise LowrankError(f"--resume: the run in '{out}' is already complete")
+    check_out_dir(out, identity, overwrite, resume=resume)
     prep = prepare(config)
-    loaded, sequences, device = prep.loaded, prep.sequences, prep.device
+    loaded, device = prep.loaded, prep.device
+    sequences = prep.sequences
+    if shard is not None:
+        sequences = select_shard(sequences, *shard)
+        prep.sequences = sequences
+        click.echo(f"shard {shard[0]}/{shard[1]}: {len(sequences.lengths)} sequences", err=True)
     n_seq = len(sequences.lengths)
     index = heatmap_index(config.seq_len)
     if index != 128:
         _warn(f"n = {config.seq_len} < 512: the heatmap reads c at index n/4 = {index}, not 128")
-    with tqdm(total=n_seq, unit="seq", desc="spectrum", file=sys.stderr) as bar:
-        result = analyse(
-            loaded,
-            sequences,
-            index,
-            config.batch_size,
-            device,
-            precision=precision,
-            precision_indices=figure_indices(config.seq_len),
-            progress=bar.update,
-        )
+    begin = read_checkpoint(out, identity) if resume else None
+    if resume and begin is None:
+        _warn(f"--resume: no checkpoint in '{out}', starting from the first sequence")
+    if begin is not None:
+        click.echo(f"resuming at sequence {begin[1] + 1} of {n_seq}", err=True)
+    due = _checkpoint_policy(checkpoint_every, clock)
+
+    def save(stats: Any, next_index: int) -> None:
+        write_checkpoint(out, identity, stats, next_index, n_seq, command)
+
+    with (
+        _sigterm_as_interrupt(),
+        tqdm(
+            total=n_seq,
+            initial=begin[1] if begin else 0,
+            unit="seq",
+            desc="spectrum",
+            file=sys.stderr,
+        ) as bar,
+    ):
+        try:
+            result = analyse(
+                loaded,
+                sequences,
+                index,
+                config.batch_size,
+                device,
+                precision=precision,
+                precision_indices=figure_indices(config.seq_len),
+                progress=bar.update,
+                start=begin,
+                checkpoint=save,
+                checkpoint_due=due,
+                warn=_warn,
+            )
+        except Interrupted as stop:
+            bar.close()
+            if stop.stats.count:
+                save(stop.stats, stop.next_index)
+                click.echo(
+                    f"\ninterrupted after {stop.next_index} of {n_seq} sequences; partial "
+                    f"results are in {out / 'checkpoint.npz'}.\nresume with: "
+                    f"{command if '--resume' in command else command + ' --resume'}",
+                    err=True,
+                )
+            else:
+                click.echo("\ninterrupted before the first batch finished: nothing saved", err=True)
+            sys.exit(130)
     for note in result.notes:
         _warn(note)
     used = result.sequences_used
@@ -161,6 +224,7 @@ def run_spectrum(
         **prep.meta(config),
         "num_sequences": used,
         "heatmap_index": index,
+        "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
         "precision": None
         if precision is None
         else {
@@ -174,6 +238,7 @@ def run_spectrum(
         "elapsed_seconds": round(clock() - start, 3),
     }
     write_run(out, meta, arrays)
+    clear_checkpoint(out)
     _summary(per_layer_table(result.stats), index, used, result.seconds, out, precision, result)
     if plot:
         from lowrank.figures import plot_run_folder
@@ -181,6 +246,54 @@ def run_spectrum(
         for path in plot_run_folder(out):
             click.echo(f"figure: {path}")
     return out
+
+
+def select_shard(sequences: Any, index: int, count: int) -> Any:
+    """The ``index``-th (1-based) of ``count`` contiguous, disjoint parts of the sequences."""
+    from lowrank.corpora import Sequences
+
+    if not 1 <= index <= count:
+        raise LowrankError(f"--shard {index}/{count}: the index must be between 1 and {count}")
+    total = len(sequences.lengths)
+    if count > total:
+        raise LowrankError(f"--shard {index}/{count}: only {total} sequences to split")
+    part = np.array_split(np.arange(total), count)[index - 1]
+    policy = sequences.policy | {
+        "shard": [index, count],
+        "shard_rows": [int(part[0]), int(part[-1]) + 1],
+    }
+    return Sequences(sequences.input_ids[part], sequences.lengths[part], policy)
+
+
+def _checkpoint_policy(every: int | None, clock: Callable[[], float]) -> Callable[[int], bool]:
+    """Due after ``every`` sequences, or (default) after each minute of work."""
+    if every is not None:
+        return lambda done: done >= every
+    last = [clock()]
+
+    def due(done: int) -> bool:
+        if clock() - last[0] >= 60:
+            last[0] = clock()
+            return True
+        return False
+
+    return due
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (schedulers, `kill`) like Ctrl-C, so partial results are saved."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def figure_indices(n: int) -> list[int]:
