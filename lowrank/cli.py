@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar, cast, get_args
 
 import click
 
@@ -289,8 +289,17 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     show_default=True,
     help="Which run (1-based, in the order given) the combined figure shows as heatmap.",
 )
+@click.option(
+    "--layer-metric",
+    type=click.Choice(["c_at_index", "rank90", "rank99", "effective_rank", "stable_rank"]),
+    default="c_at_index",
+    show_default=True,
+    help="Summary drawn per layer in the 'layers' figure.",
+)
 @handle_errors
-def figures(runs: tuple[Path, ...], out: Path, by_layer: bool, heatmap_run: int) -> None:
+def figures(
+    runs: tuple[Path, ...], out: Path, by_layer: bool, heatmap_run: int, layer_metric: str
+) -> None:
     """Paper-style figures from saved run folders: Figure 1 and its companions.
 
     Draws, from the run folders alone (no model, no corpus): per run, the cumulative
@@ -298,14 +307,15 @@ def figures(runs: tuple[Path, ...], out: Path, by_layer: bool, heatmap_run: int)
     colour scale shared by all runs (heatmap_*); the per-layer summary with one line per run
     (layers); and the combined Figure 1 (figure1): spectrum panels next to a heatmap.
     """
-    from lowrank.figures import read_runs, write_figures
+    from lowrank.figures import LayerMetric, read_runs, write_figures
 
     loaded = read_runs(runs)
     if heatmap_run > len(loaded):
         raise LowrankError(f"--heatmap-run {heatmap_run}: only {len(loaded)} runs were given")
     if heatmap_run != 1:
         loaded.insert(0, loaded.pop(heatmap_run - 1))
-    for path in write_figures(loaded, out, by_layer=by_layer):
+    metric = cast("LayerMetric", layer_metric)
+    for path in write_figures(loaded, out, by_layer=by_layer, layer_metric=metric):
         click.echo(f"figure: {path}")
 
 
@@ -613,3 +623,87 @@ def merge(parts: tuple[Path, ...], out: Path, overwrite: bool) -> None:
             err=True,
         )
     click.echo(f"merged {len(parts)} shards ({meta['num_sequences']} sequences) into {out}")
+
+
+@main.command()
+@click.option(
+    "--n",
+    "ns",
+    type=CommaList(int),
+    default="512,1024,2048,4096",
+    show_default=True,
+    help="Sequence lengths.",
+)
+@click.option(
+    "--k",
+    "ks",
+    type=CommaList(int),
+    default="64,128,256",
+    show_default=True,
+    help="Linformer projected lengths.",
+)
+@click.option("--device", type=click.Choice(get_args(Device)), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(get_args(DType)), default="float32", show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Fixed batch (default 1, or the largest that fits --memory-budget).",
+)
+@click.option(
+    "--memory-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="GiB: use the largest power-of-two batch whose peak memory fits (the paper's setting).",
+)
+@click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--ffn", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Timed runs; the median is reported.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs/efficiency"), show_default=True
+)
+@click.option("--overwrite", is_flag=True)
+@click.option("--plot", is_flag=True, help="Draw speed-up and memory saving against n.")
+@handle_errors
+def efficiency(**opts: Any) -> None:
+    """Linformer's speed and memory against standard attention (paper Table 3).
+
+    For each n and k: forward time per token (median of --repeats runs after --warmup) and
+    peak memory of a small encoder stack with Linformer attention (layerwise sharing) against
+    the same stack with standard attention (explicit softmax, and PyTorch's fused
+    scaled_dot_product_attention), same weights, dtype and threads. Prints the table (rows n,
+    columns k, speed-up / memory-saving cells) and writes efficiency.csv/json/npz, run.json.
+    """
+    from lowrank.efficiency import StackShape
+    from lowrank.efficiency_command import run_efficiency
+    from lowrank.pipeline import resolve_device
+
+    if opts["batch_size"] is not None and opts["memory_budget"] is not None:
+        raise LowrankError("give either --batch-size or --memory-budget, not both")
+    shape = StackShape(opts["layers"], opts["hidden"], opts["heads"], opts["ffn"])
+    run_efficiency(
+        sorted(set(opts["ns"])),
+        sorted(set(opts["ks"])),
+        shape,
+        resolve_device(opts["device"]),
+        opts["dtype"],
+        opts["batch_size"],
+        opts["memory_budget"],
+        opts["warmup"],
+        opts["repeats"],
+        opts["out"],
+        opts["overwrite"],
+        opts["plot"],
+        command_line(click.get_current_context()),
+        _versions(),
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )

@@ -250,7 +250,12 @@ def _slug(run: SpectrumRun) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(name).name)
 
 
-def write_figures(runs: Sequence[SpectrumRun], out: Path, by_layer: bool = False) -> list[Path]:
+def write_figures(
+    runs: Sequence[SpectrumRun],
+    out: Path,
+    by_layer: bool = False,
+    layer_metric: LayerMetric = "c_at_index",
+) -> list[Path]:
     """All figures for these runs into ``out``; returns the files written.
 
     Per run: ``spectrum_<model>-<dataset>`` (mean and spread across heads),
@@ -275,7 +280,7 @@ def write_figures(runs: Sequence[SpectrumRun], out: Path, by_layer: bool = False
             plot_heatmap(run, ax=ax, vmin=vmin, vmax=vmax)
             written += save(fig, out / f"heatmap_{slug}")
         fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.4), layout="constrained")
-        plot_layer_summary(runs, ax=ax)
+        plot_layer_summary(runs, ax=ax, metric=layer_metric)
         written += save(fig, out / "layers")
         written += save(figure1(runs, by_layer=by_layer), out / "figure1")
     return written

@@ -18,7 +18,13 @@ from lowrank.capture import AttentionCall, capture, valid_blocks
 from lowrank.corpora import Sequences
 from lowrank.errors import LowrankError
 from lowrank.models import LoadedModel
-from lowrank.spectra import pad_spectrum, singular_values
+from lowrank.spectra import (
+    DEFAULT_SVD,
+    SvdMethod,
+    default_workers,
+    pad_spectrum,
+    singular_values,
+)
 from lowrank.stats import SpectrumStats
 
 
@@ -38,9 +44,19 @@ class SpectrumSink:
         spectra: (B, L, H, n) float64 on the CPU, filled layer by layer.
     """
 
-    def __init__(self, batch: int, layers: int, heads: int, n: int) -> None:
+    def __init__(
+        self,
+        batch: int,
+        layers: int,
+        heads: int,
+        n: int,
+        method: SvdMethod = DEFAULT_SVD,
+        workers: int | None = None,
+    ) -> None:
         self.spectra = torch.zeros(batch, layers, heads, n, dtype=torch.float64)
         self.n = n
+        self.method = method
+        self.workers = default_workers() if workers is None else workers
 
     def __call__(self, call: AttentionCall) -> None:
         if call.layer >= self.spectra.shape[1]:
@@ -49,7 +65,7 @@ class SpectrumSink:
             )
         for rows, block in valid_blocks(call):
             check_finite(block, call.layer)
-            s = singular_values(block)  # (b, H, m)
+            s = singular_values(block, self.method, self.workers)  # (b, H, m)
             self.spectra[rows, call.layer] = pad_spectrum(s, self.n).cpu()
 
 

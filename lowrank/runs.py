@@ -189,15 +189,30 @@ def read_run(path: str | Path) -> SpectrumRun:
                 )
     if data["summaries_m2"].shape != (layers, heads, len(SUMMARY_NAMES)):
         raise LowrankError(f"'{npz_path}': summaries_m2 has the wrong shape")
+    stats = stats_from_arrays(data)
+    return SpectrumRun(folder, meta, stats, data["input_ids"], data.get("attention_mask"))
+
+
+def stats_from_arrays(data: dict[str, np.ndarray]) -> SpectrumStats:
+    """The inverse of :func:`stats_arrays` (KeyError when an array is missing)."""
     count = int(data["num_sequences"])
     summary_mean = np.stack([data[f"{s}_mean"] for s in SUMMARY_NAMES], axis=-1)
-    stats = SpectrumStats(
+    return SpectrumStats(
         _moments(data, "cumulative", count),
         _moments(data, "singular_values", count),
         RunningMoments(count, summary_mean, data["summaries_m2"]),
         int(data["heatmap_index"]),
     )
-    return SpectrumRun(folder, meta, stats, data["input_ids"], data.get("attention_mask"))
+
+
+def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    """One row per record, columns from the first record's keys."""
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
 
 
 PROJECTION_FORMAT = "lowrank-projection"
@@ -298,17 +313,7 @@ def read_checkpoint(out: Path, identity: dict[str, Any]) -> tuple[SpectrumStats,
         raise LowrankError(f"the checkpoint in '{out}' belongs to another configuration")
     data = _load_npz(out / CHECKPOINT_NPZ)
     try:
-        count = int(data["num_sequences"])
-        stats = SpectrumStats(
-            RunningMoments(count, data["cumulative_mean"], data["cumulative_m2"]),
-            RunningMoments(count, data["singular_values_mean"], data["singular_values_m2"]),
-            RunningMoments(
-                count,
-                np.stack([data[f"{s}_mean"] for s in SUMMARY_NAMES], axis=-1),
-                data["summaries_m2"],
-            ),
-            int(data["heatmap_index"]),
-        )
+        stats = stats_from_arrays(data)
     except KeyError as exc:
         raise LowrankError(f"'{out / CHECKPOINT_NPZ}' lacks {exc}") from exc
     return stats, int(info["next_index"])

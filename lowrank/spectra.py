@@ -6,21 +6,67 @@ the last axis; indices reported to users are 1-based, like the paper's "128th si
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
 import torch
 
+# How singular values are computed (benchmarks/bench_spectrum.py chose the default):
+# "gram": sqrt of the eigenvalues of P P^T in float64 (LAPACK syevd); "gesdd": svdvals of P
+# in float32 (LAPACK gesdd / cuSOLVER gesvdj).
+SvdMethod = Literal["gram", "gesdd"]
+DEFAULT_SVD: SvdMethod = "gram"
 
-def singular_values(probs: torch.Tensor) -> torch.Tensor:
+
+def _kernel(x: torch.Tensor, method: SvdMethod, slice_size: int = 2) -> torch.Tensor:
+    if x.shape[0] > slice_size:
+        # a few matrices at a time keep the float64 temporaries small and cache-resident
+        # (measured: 9% faster than whole chunks on 512 x 512, and less peak memory)
+        parts = [_kernel(x[i : i + slice_size], method) for i in range(0, x.shape[0], slice_size)]
+        return torch.cat(parts)
+    if method == "gram":
+        x64 = x.to(torch.float64)
+        eig = torch.linalg.eigvalsh(x64 @ x64.mT)  # ascending
+        return eig.clamp_min(0).sqrt().flip(-1)
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return torch.linalg.svdvals(work).to(torch.float64)
+
+
+def default_workers() -> int:
+    """CPU threads for batched singular values: one matrix per core."""
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def singular_values(
+    probs: torch.Tensor, method: SvdMethod = DEFAULT_SVD, workers: int = 1
+) -> torch.Tensor:
     """Singular values of a batch of square matrices, descending, as float64.
 
     Args:
-        probs: (..., m, m) attention probabilities, any float dtype; half precision is
-            computed in float32 (LAPACK/cuSOLVER have no half kernels).
+        probs: (..., m, m) attention probabilities, any float dtype (half precision is
+            computed in float32 or float64: LAPACK and cuSOLVER have no half kernels).
+        method: ``gram`` (eigenvalues of P P^T in float64; on real attention c is within
+            1e-9 of float64 SVD) or ``gesdd`` (float32 SVD; within 1e-7).
+        workers: on the CPU, split the batch over this many threads with one LAPACK thread
+            each (faster than LAPACK's own threading for 512 x 512 matrices on 2 cores).
 
     Returns:
         (..., m) float64 singular values ``s_1 >= ... >= s_m >= 0``.
     """
-    work = probs if probs.dtype in (torch.float32, torch.float64) else probs.float()
-    return torch.linalg.svdvals(work).to(torch.float64)
+    shape = probs.shape
+    flat = probs.reshape(-1, shape[-2], shape[-1])
+    if workers <= 1 or flat.shape[0] < 2 or flat.device.type != "cpu":
+        return _kernel(flat, method).reshape(*shape[:-1])
+    chunks = list(torch.tensor_split(flat, min(workers, flat.shape[0])))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            parts = list(pool.map(lambda c: _kernel(c, method), chunks))
+    finally:
+        torch.set_num_threads(threads)
+    return torch.cat(parts).reshape(*shape[:-1])
 
 
 def pad_spectrum(s: torch.Tensor, n: int) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -17,7 +16,7 @@ import torch
 from lowrank.capture import AttentionCall, capture
 from lowrank.config import SpectrumConfig
 from lowrank.errors import LowrankError
-from lowrank.runs import check_out_dir, write_run
+from lowrank.runs import check_out_dir, write_csv, write_run
 from lowrank.theorems import (
     Row,
     check_eps,
@@ -226,10 +225,7 @@ def _write(
         for r in rows
     ]
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "verify.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
+    write_csv(out / "verify.csv", records)
     (out / "verify.json").write_text(
         json.dumps({"rows": records, "k_needed": needed}, indent=2) + "\n", encoding="utf-8"
     )

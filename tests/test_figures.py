@@ -103,6 +103,18 @@ def test_plot_functions_take_and_return_axes(runs):
         plt.close("all")
 
 
+def test_layer_summary_metric_rank90(runs):
+    import matplotlib.pyplot as plt
+
+    run = read_run(runs[0])
+    with paper_style():
+        ax = plot_layer_summary([run], metric="rank90")
+    ys = ax.get_lines()[0].get_ydata()
+    np.testing.assert_allclose(ys, run.stats.summaries.mean[..., 1].mean(axis=1))
+    assert "rank for 90%" in ax.get_ylabel()
+    plt.close("all")
+
+
 def test_shared_colour_scale_covers_all_runs(runs):
     both = [read_run(r) for r in runs]
     lo, hi = shared_limits(both)
