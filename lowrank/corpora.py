@@ -19,6 +19,7 @@ import csv
 import html
 import json
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,7 +28,7 @@ import numpy as np
 
 from lowrank.config import DatasetName, Policy
 from lowrank.errors import LowrankError
-from lowrank.logs import quiet
+from lowrank.logs import hub_reachable, offline, quiet
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -191,9 +192,22 @@ def _load_hub(dataset: str, split: str) -> Corpus:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a dependency
         raise LowrankError("hub datasets need the 'datasets' package") from exc
+    reachable = hub_reachable()
     try:
-        ds = datasets.load_dataset(repo, config, split=split)
+        with quiet(), nullcontext() if reachable else offline():
+            ds = datasets.load_dataset(repo, config, split=split)
     except Exception as exc:  # network, missing split, cache: all become one line
+        if not reachable:
+            raise LowrankError(
+                f"dataset '{dataset}' ({repo}) is not in the local cache and the hub cannot be "
+                "reached: pass a local copy with --data ("
+                + (
+                    "a wiki.test.raw file or its folder"
+                    if dataset == "wiki103"
+                    else "an aclImdb folder or a CSV/JSONL/parquet file"
+                )
+                + ")"
+            ) from exc
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise LowrankError(
             f"could not load dataset '{dataset}' ({repo}, split '{split}') from the hub: "

@@ -13,15 +13,13 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from lowrank.config import MODEL_PRESETS
 from lowrank.errors import LowrankError
-from lowrank.logs import quiet
+from lowrank.logs import hub_reachable, quiet
 
 if TYPE_CHECKING:
     import torch
@@ -110,18 +108,7 @@ def resolve_model(name: str) -> ModelSource:
 
 
 def _hub_reachable(timeout: float = 5.0) -> bool:
-    """One TCP connection to the hub endpoint: a quick answer instead of minutes of retries."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return hub_reachable(timeout)
 
 
 def _from_pretrained(location: str, local_only: bool, dtype: torch.dtype) -> tuple[Any, Any]:

@@ -169,3 +169,15 @@ def test_bad_corpora_raise_one_line_errors(tmp_path, bert_tok):
         load_corpus(None, str(nocol))
     with pytest.raises(LowrankError, match="holds no reviews"):
         load_corpus("imdb", str(tmp_path))
+
+
+@pytest.mark.parametrize(("dataset", "hint"), [("wiki103", "wiki.test.raw"), ("imdb", "aclImdb")])
+def test_hub_dataset_unreachable_and_not_cached_is_one_line(monkeypatch, tmp_path, dataset, hint):
+    from lowrank import corpora
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    monkeypatch.setattr(corpora, "hub_reachable", lambda timeout=5.0: False)
+    with pytest.raises(LowrankError, match="not in the local cache") as info:
+        load_corpus(dataset, None)
+    assert hint in str(info.value) and "\n" not in str(info.value)
