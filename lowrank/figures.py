@@ -239,7 +239,8 @@ def save(fig: Figure, path: Path) -> list[Path]:
     written = []
     for suffix in (".pdf", ".png"):
         target = path.with_suffix(suffix)
-        fig.savefig(target)
+        # no creation date in the PDF: redrawing the same run gives the same file
+        fig.savefig(target, metadata={"CreationDate": None} if suffix == ".pdf" else None)
         written.append(target)
     plt.close(fig)
     return written
