@@ -157,6 +157,33 @@ def test_efficiency_command_small_grid(tmp_path):
     assert (out / "figures" / "speedup_vs_n.png").is_file()
 
 
+def test_efficiency_memory_budget_picks_the_largest_batch_that_fits(tmp_path):
+    out = tmp_path / "budget"
+    small = ["--hidden", "32", "--heads", "2", "--ffn", "64", "--layers", "1"]
+    timing = ["--repeats", "1", "--warmup", "0", "--device", "cpu"]
+    args = [
+        "efficiency",
+        "--n",
+        "64",
+        "--k",
+        "16",
+        *small,
+        *timing,
+        "--memory-budget",
+        "0.03",
+        "--out",
+        str(out),
+    ]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "efficiency.json").read_text())
+    batches = {r["method"]: r["batch"] for r in data["records"]}
+    # about 0.11 MB per sequence for explicit attention at n = 64: 30 MiB holds a few hundred
+    assert all(b >= 32 and b & (b - 1) == 0 for b in batches.values())
+    assert all(b < 4096 for b in batches.values())  # the budget, not the cap, stopped it
+    assert json.loads((out / "run.json").read_text())["memory_budget_gib"] == 0.03
+
+
 def test_efficiency_bad_input(tmp_path):
     res = CliRunner().invoke(
         main, ["efficiency", "--hidden", "30", "--heads", "4", "--out", str(tmp_path / "e")]

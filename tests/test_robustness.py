@@ -203,7 +203,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path, sig):
     out = tmp_path / "killed"
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
@@ -218,7 +218,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path,
     proc.send_signal(sig)
     output, _ = proc.communicate(timeout=120)
     assert not (out / "run.json").exists()
-    if sig == signal.SIGTERM:
+    if sig != signal.SIGKILL:  # Ctrl-C and SIGTERM save a checkpoint and say how to resume
         assert proc.returncode == 130
         assert "resume with: lowrank spectrum" in output and "--resume" in output
     done = json.loads((out / "checkpoint.json").read_text())["next_index"]
