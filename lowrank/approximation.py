@@ -28,10 +28,12 @@ from lowrank.errors import LowrankError
 from lowrank.projection import (
     JL_METHODS,
     ProjectionBank,
+    column_errors,
     jl_matrix,
     linformer_attention,
-    pooling_matrix,
+    pooling_factors,
     relative_frobenius,
+    seeded_generator,
 )
 
 DETERMINISTIC = ("mean-pool", "max-pool", "conv", "svd")
@@ -58,11 +60,6 @@ class ProjectionSpec:
         return self.draws if method in JL_METHODS else 1
 
 
-def _pinv_factors(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(E^+, E)`` so that ``P E^+ E w = (P E^+)(E w)``: the projector, never formed."""
-    return torch.linalg.pinv(e), e
-
-
 @dataclass
 class ProjectionSink:
     """Attention sink collecting per-(sequence, draw) errors for every method and k.
@@ -81,29 +78,23 @@ class ProjectionSink:
         for kind in ("theorem1", "theorem2"):
             self.samples[kind] = {m: [[] for _ in range(self.layers)] for m in self.spec.methods}
 
-    def _generator(self, layer: int, draw: int) -> torch.Generator:
-        entropy = [self.spec.seed, self.batch_index, layer, draw]
-        seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
-        return torch.Generator().manual_seed(seed)
-
     def __call__(self, call: AttentionCall) -> None:
         p, q, k, v = call.probs, call.query, call.key, call.value  # (b, H, n, n|d)
         scale = q.shape[-1] ** -0.5
         exact = p @ v  # (b, H, n, d)
-        b, n = p.shape[0], p.shape[-1]
+        b = p.shape[0]
         svd = torch.linalg.svd(p, full_matrices=False) if "svd" in self.spec.methods else None
         for method in self.spec.methods:
             t1 = np.full((len(self.spec.ks), self.heads, b, self.spec.draws_of(method)), np.nan)
             t2 = np.full_like(t1, np.nan)
             for ki, kk in enumerate(self.spec.ks):
                 for draw in range(self.spec.draws_of(method)):
-                    gen = self._generator(call.layer, draw)
+                    gen = seeded_generator(self.spec.seed, self.batch_index, call.layer, draw)
                     e1, e2 = self._errors(method, kk, p, q, k, v, exact, scale, gen, svd)
                     t1[ki, :, :, draw] = e1.T
                     t2[ki, :, :, draw] = e2.T
             self.samples["theorem1"][method][call.layer].append(t1.reshape(*t1.shape[:2], -1))
             self.samples["theorem2"][method][call.layer].append(t2.reshape(*t2.shape[:2], -1))
-        del b, n
 
     def _errors(
         self,
@@ -125,9 +116,7 @@ class ProjectionSink:
             assert svd is not None
             u, s, vh = svd
             approx = (u[..., :k] * s[..., None, :k]) @ (vh[..., :k, :] @ v)  # P_k V
-            err = relative_frobenius(approx, exact)
-            cols = (approx - exact).double().norm(dim=-2) / exact.double().norm(dim=-2)
-            return cols.mean(-1), err
+            return column_errors(approx, exact).mean(-1), relative_frobenius(approx, exact)
         if method == "max-pool":
             out = linformer_attention(q, key, v, None, None, scale, pool=k)
             t2 = relative_frobenius(out, exact)
@@ -137,14 +126,12 @@ class ProjectionSink:
             left, right = r.T, r  # P R^T R
             e, f = self.spec.delta * r, math.exp(-self.spec.delta) * r
         else:
-            pool = pooling_matrix(method, k, n)
-            pinv, pool = _pinv_factors(pool)
+            pinv, pool = pooling_factors(method, k, n)
             left, right = pinv.to(dtype), pool.to(dtype)
-            e = f = pool.to(dtype)
+            e = f = right
         approx = (p @ left) @ (right @ v)  # (b, H, n, d)
-        cols = (approx - exact).double().norm(dim=-2) / exact.double().norm(dim=-2)
         out = linformer_attention(q, key, v, e, f, scale)
-        return cols.mean(-1), relative_frobenius(out, exact)
+        return column_errors(approx, exact).mean(-1), relative_frobenius(out, exact)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``{kind}_{method}``: (K, L, H, S) float32 samples, S = sequences x draws."""

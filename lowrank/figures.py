@@ -48,12 +48,26 @@ def paper_style() -> Iterator[None]:
         yield
 
 
-def _ax(ax: Axes | None, size: tuple[float, float] = (SINGLE_COLUMN, 2.4)) -> Axes:
+def axes_or_new(ax: Axes | None, size: tuple[float, float] = (SINGLE_COLUMN, 2.4)) -> Axes:
+    """``ax``, or the axes of a new figure of ``size`` inches (the plot functions' ax=None)."""
     if ax is not None:
         return ax
     import matplotlib.pyplot as plt
 
     return plt.figure(figsize=size).add_subplot()
+
+
+def bottom_legend(fig: Figure, ax: Axes) -> None:
+    """One legend for a multi-panel figure, below the panels, from ``ax``'s entries."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=len(labels),
+        frameon=False,
+        fontsize="small",
+    )
 
 
 def run_title(run: SpectrumRun) -> str:
@@ -78,7 +92,7 @@ def plot_cumulative(
     """
     import matplotlib as mpl
 
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     curves = run.stats.cumulative.mean  # (L, H, n)
     layers, heads, n = curves.shape
     x = np.arange(1, n + 1)
@@ -128,7 +142,7 @@ def plot_heatmap(
     """
     import seaborn as sns
 
-    ax = _ax(ax, (SINGLE_COLUMN, 2.6))
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 2.6))
     values = heatmap_values(run)  # (L, H), row 0 = layer 1
     layers, heads = values.shape
     annotate = layers * heads <= 96 if annotate is None else annotate
@@ -170,7 +184,7 @@ def plot_layer_summary(
 
     With ``c_at_index`` a rising line is the paper's "higher layers are more skewed".
     """
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     k = _METRIC_INDEX[metric]
     offsets = np.linspace(-0.12, 0.12, len(runs)) if len(runs) > 1 else [0.0]
     for run, dx in zip(runs, offsets, strict=True):

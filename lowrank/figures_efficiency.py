@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lowrank.figures import SINGLE_COLUMN, _ax, paper_style, save
-from lowrank.runs import _load_meta
+from lowrank.figures import SINGLE_COLUMN, axes_or_new, paper_style, save
+from lowrank.runs import read_json, read_meta
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -19,7 +18,7 @@ def plot_speedup(data: dict[str, Any], ax: Axes | None = None, metric: str = "sp
     Linformer wins is marked."""
     import seaborn as sns
 
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     ks = sorted({row["k"] for row in data["tables"]["exact"]})
     colours = dict(zip(ks, sns.color_palette("colorblind", len(ks)), strict=True))
     for base, style in (("exact", "-"), ("sdpa", "--")):
@@ -64,8 +63,8 @@ def plot_speedup(data: dict[str, Any], ax: Axes | None = None, metric: str = "sp
 def plot_efficiency_folder(folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    meta = _load_meta(folder, "lowrank-efficiency")
-    data = json.loads((folder / "efficiency.json").read_text(encoding="utf-8"))
+    meta = read_meta(folder, "lowrank-efficiency")
+    data = read_json(folder / "efficiency.json")
     hw = meta["hardware"]
     where = hw.get("gpu") or f"{hw['processor']}, {hw['torch_threads']} threads"
     with paper_style():

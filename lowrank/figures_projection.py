@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lowrank.figures import DOUBLE_COLUMN, SINGLE_COLUMN, _ax, paper_style, save
+from lowrank.figures import (
+    DOUBLE_COLUMN,
+    SINGLE_COLUMN,
+    axes_or_new,
+    bottom_legend,
+    paper_style,
+    save,
+)
 from lowrank.runs import ProjectionRun, read_projection_run
 
 if TYPE_CHECKING:
@@ -27,7 +34,7 @@ def plot_error_vs_k(
     One line per method; the best rank-k approximation (``svd``) is the dashed black line
     no rank-k method can beat. Error bars span the median to the 95th percentile.
     """
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     ks = run.ks
     markers = iter("osD^vP*X")
     for method in run.methods:
@@ -63,7 +70,7 @@ def plot_effect(run: ProjectionRun, ax: Axes | None = None) -> Axes | None:
     import seaborn as sns
     from matplotlib.lines import Line2D
 
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     groups: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for r in results:
         groups.setdefault((r["method"], r["sharing"]), []).append((r["k"], r["relative_error"]))
@@ -95,7 +102,7 @@ def plot_error_heatmap(
     """Layer (rows, layer 1 at the bottom) x head heatmap of the mean error at one k."""
     import seaborn as sns
 
-    ax = _ax(ax, (SINGLE_COLUMN, 2.6))
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 2.6))
     ki = int(np.flatnonzero(run.ks == k)[0])
     values = run.stat(kind, method, "mean")[ki]  # (L, H)
     layers, heads = values.shape
@@ -134,15 +141,7 @@ def plot_projection_folder(folder: Path, out: Path | None = None) -> list[Path]:
         fig, axes = plt.subplots(1, panels, figsize=(DOUBLE_COLUMN, 2.6), layout="constrained")
         plot_error_vs_k(run, "theorem1", axes[0], legend=False)
         plot_error_vs_k(run, "theorem2", axes[1], legend=False)
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(
-            handles,
-            labels,
-            loc="outside lower center",
-            ncol=len(labels),
-            frameon=False,
-            fontsize="small",
-        )
+        bottom_legend(fig, axes[0])
         if has_effect:
             plot_effect(run, axes[2])
         fig.suptitle(title, fontsize="medium")

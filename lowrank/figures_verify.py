@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lowrank.figures import DOUBLE_COLUMN, _ax, paper_style, save
-from lowrank.runs import _load_meta, _load_npz
+from lowrank.figures import DOUBLE_COLUMN, axes_or_new, bottom_legend, paper_style, save
+from lowrank.runs import read_json, read_meta, read_npz
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -27,7 +27,7 @@ def plot_failure_vs_k(
     """
     import seaborn as sns
 
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     sources = [str(s) for s in arrays["sources"]]
     si = sources.index(source)
     ks, eps = arrays["ks"], arrays["eps"]
@@ -65,13 +65,11 @@ def plot_failure_vs_k(
 
 def plot_verify_folder(folder: Path, out: Path | None = None) -> list[Path]:
     """All sources of a verify run in one figure, into ``folder/figures``."""
-    import json
-
     import matplotlib.pyplot as plt
 
-    meta = _load_meta(folder, "lowrank-verify")
-    arrays = _load_npz(folder / "verify.npz")
-    needed = json.loads((folder / "verify.json").read_text(encoding="utf-8"))["k_needed"]
+    meta = read_meta(folder, "lowrank-verify")
+    arrays = read_npz(folder / "verify.npz")
+    needed = read_json(folder / "verify.json")["k_needed"]
     sources = [str(s) for s in arrays["sources"]]
     cols = 3
     rows = (len(sources) + cols - 1) // cols
@@ -84,15 +82,7 @@ def plot_verify_folder(folder: Path, out: Path | None = None) -> list[Path]:
             plot_failure_vs_k(arrays, source, theory, ax)
         for ax in list(axes.flat)[len(sources) :]:
             ax.set_visible(False)
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(
-            handles,
-            labels,
-            loc="outside lower center",
-            ncol=len(labels),
-            frameon=False,
-            fontsize="small",
-        )
+        bottom_legend(fig, axes.flat[0])
         fig.suptitle(
             f"{meta['model']['name']} / {meta['corpus']['dataset']}, n = {meta['seq_len']}: "
             "measured failure rate (95% CI), bound dashed, theorem's k dotted",

@@ -107,10 +107,6 @@ def resolve_model(name: str) -> ModelSource:
     return ModelSource(name, "hub", name, None)
 
 
-def _hub_reachable(timeout: float = 5.0) -> bool:
-    return hub_reachable(timeout)
-
-
 def _from_pretrained(location: str, local_only: bool, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
@@ -127,7 +123,7 @@ def _load_hub(source: ModelSource, dtype: torch.dtype) -> tuple[Any, Any]:
             return _from_pretrained(source.location, True, dtype)
         except OSError:
             pass  # not cached: go to the hub below
-    if not _hub_reachable():
+    if not hub_reachable():
         raise LowrankError(
             f"model '{source.name}' is not in the local Hugging Face cache and the hub cannot "
             "be reached: on a machine with a network run save_pretrained (or `hf download "

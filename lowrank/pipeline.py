@@ -197,7 +197,7 @@ def analyse(
     began = time.perf_counter()
     result = PipelineResult(stats, 0, 0.0)
     since = 0
-    lo = first
+    next_index = first  # the first sequence not yet in ``stats``
     try:
         for lo in range(first, len(sequences.lengths), batch_size):
             hi = lo + batch_size
@@ -207,20 +207,21 @@ def analyse(
             for part in parts:
                 stats = stats.add(part)
             done = len(sequences.lengths[lo:hi])
+            next_index = lo + done
             since += done
             if progress is not None:
                 progress(done)
             if checkpoint is not None and checkpoint_due is not None and checkpoint_due(since):
-                checkpoint(stats, lo + done)
+                checkpoint(stats, next_index)
                 since = 0
             if precision is not None and stats.count >= min_sequences:
                 hw = stats.half_width(tracked)
                 result.half_width = hw
                 if hw < precision:
-                    result.stopped_early = lo + done < len(sequences.lengths)
+                    result.stopped_early = next_index < len(sequences.lengths)
                     break
     except KeyboardInterrupt:
-        raise Interrupted(stats, first + (stats.count - (start[0].count if start else 0))) from None
+        raise Interrupted(stats, next_index) from None
     result.stats = stats
     result.sequences_used = stats.count
     result.seconds = time.perf_counter() - began

@@ -14,6 +14,7 @@ Pure functions on tensors:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,6 +27,13 @@ Method = Literal[
 ]
 JL_METHODS: tuple[str, ...] = ("gaussian", "rademacher", "sparse", "very-sparse")
 Sharing = Literal["none", "headwise", "key-value", "layerwise"]
+
+
+def seeded_generator(*entropy: int) -> torch.Generator:
+    """A torch generator seeded from several integers (numpy's SeedSequence mixes them), so
+    every (seed, batch, layer, draw, ...) gets its own reproducible stream."""
+    seed = int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
 
 
 def jl_matrix(method: str, k: int, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -85,6 +93,14 @@ def max_pool(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([x[..., lo:hi, :].amax(dim=-2) for lo, hi in blocks(x.shape[-2], k)], -2)
 
 
+@functools.lru_cache(maxsize=64)
+def pooling_factors(method: str, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(E^+, E)`` of a pooling/convolution matrix, so that ``P E^+ E w = (P E^+)(E w)``
+    without forming the n x n projector; cached, as E depends only on (method, k, n)."""
+    e = pooling_matrix(method, k, n)
+    return torch.linalg.pinv(e), e
+
+
 def row_space_projector(e: torch.Tensor) -> torch.Tensor:
     """The orthogonal projector ``E^+ E`` (n, n) onto the row space of E (k, n).
 
@@ -129,9 +145,20 @@ def theorem1_errors(probs: torch.Tensor, value: torch.Tensor, approx: torch.Tens
     Returns:
         (..., d) float64.
     """
-    exact = probs.double() @ value.double()
-    diff = approx.double() @ value.double() - exact
-    return diff.norm(dim=-2) / exact.norm(dim=-2).clamp_min(1e-300)
+    return column_errors(approx.double() @ value.double(), probs.double() @ value.double())
+
+
+def column_errors(approx: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """``||a_j - x_j|| / ||x_j||`` for every column j, in float64.
+
+    Args:
+        approx, exact: (..., n, d) ``P~ V`` and ``P V``.
+
+    Returns:
+        (..., d).
+    """
+    a, x = approx.double(), exact.double()
+    return (a - x).norm(dim=-2) / x.norm(dim=-2).clamp_min(1e-300)
 
 
 def linformer_attention(
@@ -213,9 +240,7 @@ class ProjectionBank:
                 # one seed per matrix identity: draws do not depend on the order of use
                 which, layer, head = key
                 salt = {"E": 1, "F": 2, "EF": 3}[which]
-                entropy = [self.seed, salt, layer, head, self.k, self.n]
-                seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
-                gen = torch.Generator().manual_seed(seed)
+                gen = seeded_generator(self.seed, salt, layer, head, self.k, self.n)
                 self._cache[key] = jl_matrix(self.method, self.k, self.n, gen)
             else:
                 self._cache[key] = pooling_matrix(self.method, self.k, self.n)

@@ -93,6 +93,8 @@ def check_out_dir(
     entries = {p.name for p in out.iterdir()}
     if not entries:
         return
+    if resume and RUN_JSON in entries and CHECKPOINT_JSON not in entries:
+        raise LowrankError(f"--resume: the run in '{out}' is already complete")
     if CHECKPOINT_JSON in entries and RUN_JSON not in entries:
         try:
             partial = json.loads((out / CHECKPOINT_JSON).read_text(encoding="utf-8"))
@@ -170,9 +172,9 @@ def read_run(path: str | Path) -> SpectrumRun:
         LowrankError: naming the folder and what is missing, truncated or inconsistent.
     """
     folder = Path(path)
-    meta = _load_meta(folder, FORMAT)
+    meta = read_meta(folder, FORMAT)
     meta_path, npz_path = folder / RUN_JSON, folder / SPECTRUM_NPZ
-    data = _load_npz(npz_path)
+    data = read_npz(npz_path)
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise LowrankError(f"'{npz_path}' lacks arrays {', '.join(missing)}")
@@ -243,22 +245,31 @@ class ProjectionRun:
         return self.arrays[key]
 
 
-def _load_meta(folder: Path, fmt: str) -> dict[str, Any]:
+def read_json(path: Path) -> Any:
+    """A JSON file of a run folder; unreadable or truncated ones raise a one-line error."""
+    if not path.is_file():
+        raise LowrankError(f"run folder '{path.parent}' has no {path.name}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LowrankError(f"'{path}' is not valid JSON (truncated?): {exc}") from exc
+
+
+def read_meta(folder: Path, fmt: str) -> dict[str, Any]:
+    """``run.json`` of a run folder, checked to be of format ``fmt``."""
     if not folder.is_dir():
         raise LowrankError(f"run folder '{folder}' does not exist")
     meta_path = folder / RUN_JSON
     if not meta_path.is_file():
         raise LowrankError(f"'{folder}' is not a run folder: it has no {RUN_JSON}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LowrankError(f"'{meta_path}' is not valid JSON (truncated?): {exc}") from exc
+    meta = read_json(meta_path)
     if not isinstance(meta, dict) or meta.get("format") != fmt:
         raise LowrankError(f"'{meta_path}' is not a {fmt} run")
     return meta
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an npz file of a run folder (no pickles)."""
     if not path.is_file():
         raise LowrankError(f"run folder '{path.parent}' has no {path.name}")
     try:
@@ -271,8 +282,8 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 def read_projection_run(path: str | Path) -> ProjectionRun:
     """Read and validate a ``lowrank project`` run folder."""
     folder = Path(path)
-    meta = _load_meta(folder, PROJECTION_FORMAT)
-    arrays = _load_npz(folder / PROJECTION_NPZ)
+    meta = read_meta(folder, PROJECTION_FORMAT)
+    arrays = read_npz(folder / PROJECTION_NPZ)
     for key in ("ks", "methods"):
         if key not in arrays:
             raise LowrankError(f"'{folder / PROJECTION_NPZ}' lacks the array {key}")
@@ -305,13 +316,12 @@ def read_checkpoint(out: Path, identity: dict[str, Any]) -> tuple[SpectrumStats,
     """The accumulators and next index of a partial run with this identity, if any."""
     if not (out / CHECKPOINT_JSON).is_file():
         return None
-    try:
-        info = json.loads((out / CHECKPOINT_JSON).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LowrankError(f"'{out / CHECKPOINT_JSON}' is corrupted: {exc}") from exc
+    info = read_json(out / CHECKPOINT_JSON)
+    if not isinstance(info, dict) or "next_index" not in info:
+        raise LowrankError(f"'{out / CHECKPOINT_JSON}' is corrupted: choose --overwrite")
     if info.get("identity") != identity:
         raise LowrankError(f"the checkpoint in '{out}' belongs to another configuration")
-    data = _load_npz(out / CHECKPOINT_NPZ)
+    data = read_npz(out / CHECKPOINT_NPZ)
     try:
         stats = stats_from_arrays(data)
     except KeyError as exc:

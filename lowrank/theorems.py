@@ -22,6 +22,7 @@ import torch
 from scipy import stats
 
 from lowrank.errors import LowrankError
+from lowrank.projection import column_errors
 
 
 def check_eps(eps: float) -> None:
@@ -134,7 +135,7 @@ def theorem1_failures(
     p, v = probs.double(), value.double()
     exact = p @ v  # (M, n, d)
     approx = (p @ r.transpose(1, 2)) @ (r @ v)
-    ratio = (approx - exact).norm(dim=1) / exact.norm(dim=1).clamp_min(1e-300)  # (M, d)
+    ratio = column_errors(approx, exact)  # (M, d)
     return np.array([int((ratio >= eps).sum()) for eps in eps_list])
 
 

@@ -16,6 +16,7 @@ import torch
 from lowrank.capture import AttentionCall, capture
 from lowrank.config import SpectrumConfig
 from lowrank.errors import LowrankError
+from lowrank.projection import seeded_generator
 from lowrank.runs import check_out_dir, write_csv, write_run
 from lowrank.theorems import (
     Row,
@@ -34,11 +35,6 @@ from lowrank.theorems import (
 from lowrank.workflows import prepare
 
 VERIFY_FORMAT = "lowrank-verify"
-
-
-def _generator(*entropy: int) -> torch.Generator:
-    seed = int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(seed)
 
 
 def measure_real(
@@ -69,7 +65,7 @@ def measure_real(
         trials["t2"] += b * h * n
         trials["d"] = d
         for k in ks:
-            gen = _generator(seed, state["batch"], call.layer, k)
+            gen = seeded_generator(seed, state["batch"], call.layer, k)
             t1[k] += theorem1_failures(p, v, k, eps, gen)
             if with_theorem2:
                 q = call.query.reshape(b * h, n, d)
@@ -130,10 +126,10 @@ def run_verify(
     from tqdm import tqdm
 
     for t in tqdm(temperatures, desc="synthetic", unit="T", file=sys.stderr):
-        gen = _generator(seed, 1, int(t * 1000))
+        gen = seeded_generator(seed, 1, int(t * 1000))
         p, v = synthetic_attention(n, d, t, synthetic_count, gen)
         for k in ks:
-            counts = theorem1_failures(p, v, k, eps, _generator(seed, 2, int(t * 1000), k))
+            counts = theorem1_failures(p, v, k, eps, seeded_generator(seed, 2, int(t * 1000), k))
             for i, e in enumerate(eps):
                 rows.append(
                     Row(
@@ -146,7 +142,7 @@ def run_verify(
                     )
                 )
     for k in ks:
-        norms, inner = jl_failures(n, k, eps, jl_trials, _generator(seed, 3, k))
+        norms, inner = jl_failures(n, k, eps, jl_trials, seeded_generator(seed, 3, k))
         for i, e in enumerate(eps):
             rows.append(Row("jl-norm", e, k, int(norms[i]), jl_trials, jl_norm_failure_bound(e, k)))
             rows.append(

@@ -146,8 +146,6 @@ def run_spectrum(
     start = clock()
     out = out or default_out(config)
     identity = config.identity() | ({"shard": list(shard)} if shard else {})
-    if resume and (out / "run.json").is_file() and not (out / "checkpoint.json").is_file():
-        raise LowrankError(f"--resume: the run in '{out}' is already complete")
     check_out_dir(out, identity, overwrite, resume=resume)
     prep = prepare(config)
     loaded, device = prep.loaded, prep.device

@@ -41,7 +41,7 @@ def test_missing_path_and_non_model_directory(tmp_path):
 
 def test_hub_model_not_cached_and_unreachable_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=5.0: False)
     start = time.perf_counter()
     with pytest.raises(LowrankError, match="not in the local Hugging Face cache") as info:
         load_model("lowrank-tests/does-not-exist")
