@@ -70,6 +70,15 @@ def bottom_legend(fig: Figure, ax: Axes) -> None:
     )
 
 
+def readable_log_ticks(ax: Axes, suffix: str = "") -> None:
+    """Plain-number ticks (0.25, 0.5, 1, 2, 4, ...) on a log y axis that spans less than a
+    decade, where matplotlib would label a single power of ten."""
+    lo, hi = ax.get_ylim()
+    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64) if lo <= t <= hi]
+    ax.set_yticks(ticks, [f"{t:g}{suffix}" for t in ticks])
+    ax.minorticks_off()
+
+
 def run_title(run: SpectrumRun) -> str:
     """``model / dataset`` and ``n = .., N = ..`` on two lines."""
     return f"{run.label}\nn = {run.seq_len}, N = {run.stats.count} sequences"

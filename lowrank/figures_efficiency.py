@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lowrank.figures import SINGLE_COLUMN, axes_or_new, paper_style, save
+from lowrank.figures import SINGLE_COLUMN, axes_or_new, paper_style, readable_log_ticks, save
 from lowrank.runs import read_json, read_meta
 
 if TYPE_CHECKING:
@@ -49,10 +49,7 @@ def plot_speedup(data: dict[str, Any], ax: Axes | None = None, metric: str = "sp
     )
     ns_all = sorted({r["n"] for r in data["tables"]["exact"]})
     ax.set_xticks(ns_all, [str(n) for n in ns_all])
-    lo, hi = ax.get_ylim()
-    ticks = [t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64) if lo <= t <= hi]
-    ax.set_yticks(ticks, [f"{t:g}x" for t in ticks])
-    ax.minorticks_off()
+    readable_log_ticks(ax, "x")
     title = "solid: vs softmax\ndashed: vs SDPA"
     if metric == "speedup":
         title += "\nstar: faster from here on"

@@ -13,6 +13,7 @@ from lowrank.figures import (
     axes_or_new,
     bottom_legend,
     paper_style,
+    readable_log_ticks,
     save,
 )
 from lowrank.runs import ProjectionRun, read_projection_run
@@ -90,7 +91,7 @@ def plot_effect(run: ProjectionRun, ax: Axes | None = None) -> Axes | None:
         ylabel="relative error of final states",
     )
     ax.set_xticks(run.ks, [str(k) for k in run.ks])
-    ax.minorticks_off()
+    readable_log_ticks(ax)
     ax.set_title("Model: every layer's K, V projected", fontsize="medium")
     ax.legend(handles=handles, frameon=False, fontsize="xx-small", ncol=2, loc="lower left")
     return ax
@@ -120,7 +121,11 @@ def plot_error_heatmap(
     ax.set(xlabel="head", ylabel="layer (1 = bottom)")
     ax.tick_params(axis="both", length=0, labelsize="small")
     ax.tick_params(axis="y", rotation=0)
-    ax.set_title(f"{KIND_LABEL[kind].split(':')[0]}, {method}, k = {k}", fontsize="medium")
+    ax.set_title(
+        f"{run.meta['model']['name']} / {run.meta['corpus']['dataset']}, "
+        f"N = {run.meta['num_sequences']}\n{KIND_LABEL[kind].split(':')[0]}, {method}, k = {k}",
+        fontsize="medium",
+    )
     return ax
 
 
