@@ -8,7 +8,8 @@ Two kinds of corpus and two sequence policies (recorded in every run):
   2 for ``[CLS] ... [SEP]`` or ``<s> ... </s>``), each wrapped in the model's own tokens.
 * **reviews** (IMDB, the embedded review sample, CSV/JSONL/parquet): one document per
   sequence; documents shorter than ``n`` tokens are skipped (so every curve has length n)
-  unless ``keep_short``, longer ones are truncated.
+  unless ``keep_short``, longer ones are truncated. With ``keep_short`` the policy records
+  how many of the chosen sequences are shorter than n (``short_sequences``).
 
 Sequences come in corpus order, or as a seeded sample without replacement (``seed``).
 """
@@ -361,6 +362,8 @@ def build_sequences(
             "skipped_short": skipped,
             "truncated": int(truncated),
             "keep_short": keep_short,
+            # padded rows: their spectra are those of smaller matrices (see prepare's warning)
+            "short_sequences": int((lengths < seq_len).sum()),
         }
     record["num_sequences"] = len(idx)
     return Sequences(ids, lengths, record)

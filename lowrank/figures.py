@@ -94,31 +94,26 @@ def plot_cumulative(
 ) -> Axes:
     """Mean normalized cumulative singular value against index (paper Fig. 1, left).
 
-    The line is the mean over sequences, layers and heads; the band spans the ``band``
-    percentiles of the per-(layer, head) mean curves, i.e. the spread across heads. With
-    ``by_layer`` one line per layer (mean over heads) is drawn, coloured by depth. The
-    dashed line marks the heatmap index (128 for n = 512).
+    The line is the mean of the L x H per-(layer, head) curves, each a mean over sequences
+    (so, with equal counts, the mean over sequences, layers and heads). The band spans,
+    pointwise, the ``band`` percentiles of those same L x H curves: the spread across heads,
+    not a confidence interval. The legend names both with L x H. With ``by_layer`` one
+    line per layer (mean over heads) is drawn, coloured by depth on a discrete layer scale.
+    The dashed line marks the heatmap index (128 for n = 512).
     """
-    import matplotlib as mpl
-
     ax = axes_or_new(ax)
     curves = run.stats.cumulative.mean  # (L, H, n)
     layers, heads, n = curves.shape
     x = np.arange(1, n + 1)
-    flat = curves.reshape(layers * heads, n)
+    flat = curves.reshape(layers * heads, n)  # (L*H, n)
     if by_layer:
-        cmap = mpl.colormaps["viridis"]
-        for layer in range(layers):
-            colour = cmap(layer / max(layers - 1, 1))
-            ax.plot(x, curves[layer].mean(axis=0), color=colour, lw=0.9)
-        norm = mpl.colors.Normalize(1, layers)
-        bar = ax.figure.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
-        bar.set_label("layer")
-        bar.set_ticks(sorted({1, (layers + 1) // 2, layers}))
+        _plot_layers(curves, x, ax)
     else:
-        lo, hi = np.percentile(flat, band, axis=0)
-        ax.fill_between(x, lo, hi, alpha=0.3, lw=0, label=f"{band[0]:g}-{band[1]:g}% of heads")
-        ax.plot(x, flat.mean(axis=0), lw=1.2, label="mean")
+        lo, hi = np.percentile(flat, band, axis=0)  # (n,) each
+        cells = layers * heads
+        spans = f"{band[0]:g}-{band[1]:g}% across {cells} heads"
+        ax.fill_between(x, lo, hi, alpha=0.3, lw=0, label=spans)
+        ax.plot(x, flat.mean(axis=0), lw=1.2, label=f"mean over {cells} heads")
     index = run.stats.index
     ax.axvline(index, color="0.3", ls="--", lw=0.8)
     ax.text(index, 0.03, f" {index}", color="0.3", fontsize="small", va="bottom")
@@ -133,6 +128,30 @@ def plot_cumulative(
     if title:
         ax.set_title(run_title(run), fontsize="medium")
     return ax
+
+
+def _plot_layers(curves: np.ndarray, x: np.ndarray, ax: Axes) -> None:
+    """One line per layer (mean over heads) and a discrete colour bar, one colour a layer.
+
+    Args:
+        curves: (L, H, n) per-(layer, head) mean curves.
+        x: (n,) 1-based singular value indices.
+    """
+    import matplotlib as mpl
+
+    layers = curves.shape[0]
+    viridis = mpl.colormaps["viridis"]
+    colours = [viridis(layer / max(layers - 1, 1)) for layer in range(layers)]
+    for layer, colour in enumerate(colours):
+        ax.plot(x, curves[layer].mean(axis=0), color=colour, lw=0.9)
+    # layers are discrete: one block per layer, not a continuous gradient
+    cmap = mpl.colors.ListedColormap(colours)
+    norm = mpl.colors.BoundaryNorm(np.arange(0.5, layers + 1.5), layers)
+    bar = ax.figure.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
+    bar.set_label("layer (line: mean over heads)")
+    bar.set_ticks(range(1, layers + 1, max(1, -(-layers // 12))))
+    bar.minorticks_off()
+    bar.ax.tick_params(length=0)
 
 
 def plot_heatmap(
@@ -165,7 +184,7 @@ def plot_heatmap(
         fmt=".2f",
         annot_kws={"fontsize": 4.5},
         cbar=colorbar,
-        cbar_kws={"label": f"c at index {run.stats.index}", "pad": 0.02},
+        cbar_kws={"label": f"mean c at index {run.stats.index}", "pad": 0.02},
         xticklabels=list(range(1, heads + 1)),
         yticklabels=list(range(layers, 0, -1)),
         square=False,
@@ -241,13 +260,19 @@ def figure1(runs: Sequence[SpectrumRun], heatmap_run: int = 0, by_layer: bool = 
     count = len(runs)
     cols = 1 if count == 1 else 2
     rows = (count + cols - 1) // cols
-    fig = plt.figure(figsize=(DOUBLE_COLUMN, 2.2 * rows + 0.3), layout="constrained")
-    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [1.25])
+    legend_room = 0.3 if by_layer else 0.55  # the band's legend goes below the panels
+    fig = plt.figure(figsize=(DOUBLE_COLUMN, 2.2 * rows + legend_room), layout="constrained")
+    # the per-panel layer colour bars take width the annotated heatmap needs
+    heat_width = 1.6 if by_layer else 1.25
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [heat_width])
     for i, run in enumerate(runs):
         ax = fig.add_subplot(grid[i // cols, i % cols])
-        plot_cumulative(run, ax=ax, by_layer=by_layer, legend=i == 0)
+        plot_cumulative(run, ax=ax, by_layer=by_layer, legend=False)
         if i % cols:
             ax.set_ylabel("")
+        if i == 0 and not by_layer:
+            # below the panels: inside a narrow panel the legend covers the band
+            bottom_legend(fig, ax)
     heat = fig.add_subplot(grid[:, cols])
     vmin, vmax = shared_limits(runs)
     plot_heatmap(runs[heatmap_run], ax=heat, vmin=vmin, vmax=vmax)

@@ -6,10 +6,19 @@ Pure functions on tensors:
   Rademacher +-1/sqrt(k), and sparse JL (Achlioptas 2003 with s = 3; Li et al. 2006's very
   sparse s = sqrt(n)).
 * Deterministic projections the paper mentions: mean and max pooling over blocks of about
-  n/k positions, and a strided convolution with fixed averaging weights (kernel 2b, stride b).
+  n/k positions, and a learning-free strided convolution with a triangular (Bartlett)
+  kernel, whose row space (piecewise-linear functions of position) differs from mean
+  pooling's (piecewise-constant ones).
+* Two estimators of ``P`` from a projection E (k x n), compared on the same draw:
+  ``paper``, the Gram form ``P E^T E`` of Theorem 1's proof (``R^T R`` for JL, with
+  ``E[R^T R] = I``; a deterministic E is rescaled so that ``tr(E^T E) = n``, its counterpart),
+  and ``projector``, ``P E^+ E``, the orthogonal projection onto E's row space.
+* References every comparison needs: the best rank-k approximation of P (Eckart-Young; the
+  floor for ``||P~ - P||``, not for the output error), the output floor
+  ``||PV - (PV)_k|| / ||PV||`` (the floor for any rank-k output), and the trivial baselines
+  zero attention (output 0) and uniform attention (every row of P equal to 1/n).
 * Linformer's E and F built from R as in the proof of Theorem 2 (E = delta R,
   F = exp(-delta) R) and the paper's sharing strategies (Sec. 4, "parameter sharing").
-* The optimum: the best rank-k approximation of P (Eckart-Young).
 """
 
 from __future__ import annotations
@@ -26,13 +35,33 @@ Method = Literal[
     "gaussian", "rademacher", "sparse", "very-sparse", "mean-pool", "max-pool", "conv", "svd"
 ]
 JL_METHODS: tuple[str, ...] = ("gaussian", "rademacher", "sparse", "very-sparse")
-Sharing = Literal["none", "headwise", "key-value", "layerwise"]
+LINEAR_METHODS: tuple[str, ...] = (*JL_METHODS, "mean-pool", "conv")  # P~ = P M exists
+Estimator = Literal["paper", "projector"]
+# Sharing strategies (paper Sec. 4) and the two that separate "how widely a matrix is
+# shared" from "E and F drawn from one R": see ProjectionBank.
+Sharing = Literal["none", "none-same-R", "headwise", "key-value", "layerwise", "layerwise-separate"]
+# (level at which a matrix is shared, whether E and F come from one R)
+SHARING_DESIGN: dict[str, tuple[str, bool]] = {
+    "none": ("head", False),
+    "none-same-R": ("head", True),
+    "headwise": ("layer", False),
+    "key-value": ("layer", True),
+    "layerwise-separate": ("model", False),
+    "layerwise": ("model", True),
+}
+Baseline = Literal["zero", "uniform"]
+BASELINES: tuple[str, ...] = ("zero", "uniform")
 
 
 def seeded_generator(*entropy: int) -> torch.Generator:
     """A torch generator seeded from several integers (numpy's SeedSequence mixes them), so
-    every (seed, batch, layer, draw, ...) gets its own reproducible stream."""
-    seed = int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0] >> 1)
+    every (tag, seed, sequence, layer, draw, ...) gets its own reproducible stream.
+
+    The number of words is mixed in too: SeedSequence alone treats ``[a, b]`` and
+    ``[a, b, 0]`` as the same entropy, which would let two call sites share a stream.
+    """
+    words = [len(entropy), *entropy]
+    seed = int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
     return torch.Generator().manual_seed(seed)
 
 
@@ -64,21 +93,31 @@ def blocks(n: int, k: int) -> list[tuple[int, int]]:
 
 
 def pooling_matrix(method: str, k: int, n: int) -> torch.Tensor:
-    """Mean pooling (``mean-pool``) or strided averaging convolution (``conv``) as E (k, n).
+    """Mean pooling (``mean-pool``) or the triangular convolution (``conv``) as E (k, n).
 
-    Rows are non-negative and sum to 1, so ``E K`` averages keys within windows: blocks of
-    about n/k positions for mean pooling, windows of two blocks (kernel 2b, stride b) for
-    the convolution.
+    Rows are non-negative and sum to 1, so ``E K`` averages keys. Mean pooling averages
+    blocks of about n/k positions. ``conv`` is a strided convolution with a triangular
+    (Bartlett) kernel of half-width h = (n - 1) / (k - 1) and stride h: row i is the hat
+    function centred on position i h, so E's row space is the piecewise-linear functions of
+    position with knots i h, a
+    different operator from mean pooling's piecewise-constant one: its projector
+    ``E^+ E`` keeps constant and linear sequences exactly (E itself averages, so its
+    boundary rows do not). k = 1 is the mean.
     """
-    e = torch.zeros(k, n, dtype=torch.float64)
-    spans = blocks(n, k)
-    for i, (lo, hi) in enumerate(spans):
-        if method == "conv":
-            hi = spans[min(i + 1, k - 1)][1]
-        elif method != "mean-pool":
-            raise ValueError(f"no pooling matrix for {method!r}")
-        e[i, lo:hi] = 1.0 / (hi - lo)
-    return e
+    if method == "mean-pool":
+        e = torch.zeros(k, n, dtype=torch.float64)
+        for i, (lo, hi) in enumerate(blocks(n, k)):
+            e[i, lo:hi] = 1.0 / (hi - lo)
+        return e
+    if method != "conv":
+        raise ValueError(f"no pooling matrix for {method!r}")
+    if k == 1:
+        return torch.full((1, n), 1.0 / n, dtype=torch.float64)
+    h = (n - 1) / (k - 1)
+    pos = torch.arange(n, dtype=torch.float64)
+    centres = torch.arange(k, dtype=torch.float64) * h
+    e = (1 - (pos[None, :] - centres[:, None]).abs() / h).clamp_min(0)  # (k, n) hats
+    return e / e.sum(dim=1, keepdim=True)
 
 
 def max_pool(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,34 +132,77 @@ def max_pool(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([x[..., lo:hi, :].amax(dim=-2) for lo, hi in blocks(x.shape[-2], k)], -2)
 
 
+def row_space_basis(e: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis Q (n, r) of the row space of E (k, n), so ``E^+ E = Q Q^T``.
+
+    Reduced QR of ``E^T`` when E has full row rank (far cheaper than a pseudo-inverse); a
+    rank-revealing SVD otherwise (a very sparse JL matrix can draw all-zero rows), keeping
+    the singular vectors above the usual pseudo-inverse tolerance.
+    """
+    q, r = torch.linalg.qr(e.T)
+    diag = r.diagonal().abs()
+    tol = max(e.shape) * torch.finfo(e.dtype).eps * float(diag.max().clamp_min(1e-300))
+    if bool((diag > tol).all()):
+        return q
+    _, s, vh = torch.linalg.svd(e, full_matrices=False)
+    keep = s > max(e.shape) * torch.finfo(e.dtype).eps * float(s.max().clamp_min(1e-300))
+    return vh[keep].T
+
+
 @functools.lru_cache(maxsize=64)
 def pooling_factors(method: str, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(E^+, E)`` of a pooling/convolution matrix, so that ``P E^+ E w = (P E^+)(E w)``
-    without forming the n x n projector; cached, as E depends only on (method, k, n)."""
+    """``(Q, E)`` of a pooling/convolution matrix E, Q an orthonormal basis of its row space,
+    so that ``P E^+ E w = (P Q)(Q^T w)`` without forming the n x n projector; cached, as E
+    depends only on (method, k, n)."""
     e = pooling_matrix(method, k, n)
-    return torch.linalg.pinv(e), e
+    return row_space_basis(e), e
 
 
 def row_space_projector(e: torch.Tensor) -> torch.Tensor:
-    """The orthogonal projector ``E^+ E`` (n, n) onto the row space of E (k, n).
+    """The orthogonal projector ``E^+ E = Q Q^T`` (n, n) onto the row space of E (k, n).
 
     For mean pooling this is block averaging; for JL matrices the paper uses ``R^T R``
     instead, which equals the identity only in expectation.
     """
-    return torch.linalg.pinv(e) @ e
+    q = row_space_basis(e)
+    return q @ q.T
 
 
-def theorem1_matrix(method: str, k: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
-    """M (n, n) with ``P~ = P M``: ``R^T R`` for JL (Theorem 1), ``E^+ E`` for pooling/conv.
+def theorem1_matrix(
+    method: str, k: int, n: int, generator: torch.Generator, estimator: str = "paper"
+) -> torch.Tensor | None:
+    """M (n, n) with ``P~ = P M`` (see :func:`estimator_factors`); None for methods with no
+    linear form (max pooling) or no fixed matrix (svd)."""
+    if method not in LINEAR_METHODS:
+        return None
+    left, right = estimator_factors(method, k, n, estimator, generator)
+    return left @ right
 
-    None for methods with no linear form (max pooling) or no fixed matrix (svd).
+
+def estimator_factors(
+    method: str, k: int, n: int, estimator: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, B)`` with ``A`` (n, k) and ``B`` (k, n), so ``P~ V = (P A)(B V)``, float64.
+
+    ``paper``: ``A B = c E^T E`` with c = 1 for JL families (``R^T R``, Theorem 1's proof)
+    and ``c = n / tr(E^T E)`` for pooling/convolution (the deterministic counterpart of
+    ``E[R^T R] = I``, whose trace is n). ``projector``: ``A B = Q Q^T = E^+ E``, the
+    orthogonal projector onto the row space of E, so ``P~ = P`` whenever the row space of P
+    lies in that of E. A JL method draws R from ``generator`` (both estimators of one
+    generator state see the same R); pooling ignores it.
     """
     if method in JL_METHODS:
-        r = jl_matrix(method, k, n, generator)
-        return r.T @ r
-    if method in ("mean-pool", "conv"):
-        return row_space_projector(pooling_matrix(method, k, n))
-    return None
+        e = jl_matrix(method, k, n, generator)
+        if estimator == "paper":
+            return e.T, e
+        q = row_space_basis(e)
+        return q, q.T
+    if method not in ("mean-pool", "conv"):
+        raise ValueError(f"{method!r} has no linear estimator")
+    q, e = pooling_factors(method, k, n)
+    if estimator == "paper":
+        return e.T * (n / float((e**2).sum())), e
+    return q, q.T
 
 
 def best_rank_k(probs: torch.Tensor, k: int) -> torch.Tensor:
@@ -202,6 +284,59 @@ def relative_frobenius(approx: torch.Tensor, exact: torch.Tensor) -> torch.Tenso
     return (a - b).flatten(-2).norm(dim=-1) / b.flatten(-2).norm(dim=-1).clamp_min(1e-300)
 
 
+def cosine_and_scale_free(
+    approx: torch.Tensor, exact: torch.Tensor, dims: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarity and the scale-free error, reducing over ``dims``, float64.
+
+    ``cos = <A~, A> / (||A~|| ||A||)``; the scale-free error is the error after the best
+    scalar rescale, ``min_alpha ||alpha A~ - A|| / ||A||`` (alpha = <A~, A> / ||A~||^2),
+    which equals ``sqrt(1 - cos^2)``. A zero approximation has cosine 0 (by convention) and
+    scale-free error 1 (alpha cannot help it).
+    """
+    a, b = approx.double(), exact.double()
+    dot = (a * b).sum(dim=dims)
+    na, nb = a.norm(dim=dims), b.norm(dim=dims).clamp_min(1e-300)
+    cos = torch.where(na > 0, dot / (na.clamp_min(1e-300) * nb), torch.zeros_like(dot))
+    return cos, torch.sqrt((1 - cos**2).clamp_min(0))
+
+
+def output_floor(exact: torch.Tensor, k: int) -> torch.Tensor:
+    """``||PV - (PV)_k||_F / ||PV||_F``: the true floor for any output of rank <= k.
+
+    ``P M V`` with M of rank k, the Linformer head ``softmax(.)_(n x k) (F V)`` and ``P_k V``
+    all have rank <= k, so none can beat it (Eckart-Young on PV). It is 0 once k >= d.
+
+    Args:
+        exact: (..., n, d) ``P V``.
+
+    Returns:
+        (...,) float64.
+    """
+    s = torch.linalg.svdvals(exact.double())  # (..., min(n, d))
+    return eckart_young_error(s, k) / s.norm(dim=-1).clamp_min(1e-300)
+
+
+def baseline_output(baseline: str, value: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """The output of a trivial attention: ``zero`` (0) or ``uniform`` (every row of P equal
+    to 1/n, so each output row is the mean of V; with ``causal``, row i averages V[:i+1]).
+
+    Args:
+        value: (..., n, d).
+
+    Returns:
+        (..., n, d) in value's dtype.
+    """
+    if baseline == "zero":
+        return torch.zeros_like(value)
+    if baseline != "uniform":
+        raise ValueError(f"unknown baseline {baseline!r}")
+    if causal:
+        counts = torch.arange(1, value.shape[-2] + 1, dtype=value.dtype, device=value.device)
+        return value.cumsum(dim=-2) / counts[:, None]
+    return value.mean(dim=-2, keepdim=True).expand_as(value)
+
+
 @dataclass
 class ProjectionBank:
     """Linformer E and F matrices for every (layer, head) under a sharing strategy.
@@ -209,7 +344,11 @@ class ProjectionBank:
     Strategies (paper Sec. 4): ``none`` draws E and F per layer and head (2 L H matrices),
     ``headwise`` one E and one F per layer shared by its heads (2 L), ``key-value`` one
     matrix per layer used as both E and F (L), ``layerwise`` one matrix for the whole model
-    (1). For JL families E = delta R and F = exp(-delta) R (proof of Theorem 2); pooling and
+    (1). The paper's four confound two things: how widely a matrix is shared, and whether E
+    and F come from one R. ``none-same-R`` (one R per head for E and F, L H) and
+    ``layerwise-separate`` (one E and one F for the model, 2) complete the grid of
+    :data:`SHARING_DESIGN`, so that each effect can be read with the other held fixed. For
+    JL families E = delta R and F = exp(-delta) R (proof of Theorem 2); pooling and
     convolution matrices are deterministic, so every strategy gives the same one matrix.
     """
 
@@ -226,13 +365,13 @@ class ProjectionBank:
     def _key(self, which: str, layer: int, head: int) -> tuple[str, int, int]:
         if self.method not in JL_METHODS:
             return ("fixed", 0, 0)
-        if self.sharing == "none":
-            return (which, layer, head)
-        if self.sharing == "headwise":
-            return (which, layer, 0)
-        if self.sharing == "key-value":
-            return ("EF", layer, 0)
-        return ("EF", 0, 0)
+        level, same_r = SHARING_DESIGN[self.sharing]
+        name = "EF" if same_r else which
+        if level == "head":
+            return (name, layer, head)
+        if level == "layer":
+            return (name, layer, 0)
+        return (name, 0, 0)
 
     def _base(self, key: tuple[str, int, int]) -> torch.Tensor:
         if key not in self._cache:
@@ -240,7 +379,8 @@ class ProjectionBank:
                 # one seed per matrix identity: draws do not depend on the order of use
                 which, layer, head = key
                 salt = {"E": 1, "F": 2, "EF": 3}[which]
-                gen = seeded_generator(self.seed, salt, layer, head, self.k, self.n)
+                # 12: the banks' tag (project's R draws use 11, verify's 21-25)
+                gen = seeded_generator(12, self.seed, salt, layer, head, self.k, self.n)
                 self._cache[key] = jl_matrix(self.method, self.k, self.n, gen)
             else:
                 self._cache[key] = pooling_matrix(self.method, self.k, self.n)

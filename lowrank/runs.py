@@ -237,9 +237,17 @@ class ProjectionRun:
     def ks(self) -> np.ndarray:
         return self.arrays["ks"]
 
-    def stat(self, kind: str, method: str, stat: str = "mean") -> np.ndarray:
-        """(K, L, H) statistic of ``kind`` (theorem1/theorem2) errors for ``method``."""
-        key = f"{kind}_{method}_{stat}"
+    def rows(self, kind: str) -> list[str]:
+        """Row names of ``kind`` (theorem1/theorem2): methods, estimator variants such as
+        ``gaussian[projector]``, and references (``output-floor``, ``zero``, ``uniform``).
+        Runs of format_version 1 stored one row per method."""
+        key = f"rows_{kind}"
+        return [str(r) for r in self.arrays[key]] if key in self.arrays else self.methods
+
+    def stat(self, kind: str, row: str, stat: str = "mean", metric: str = "error") -> np.ndarray:
+        """(K, L, H) statistic (mean/median/p95 over sequences x draws) of one metric
+        (``error``, ``scale-free``, ``cosine``) of ``kind`` for a row."""
+        key = f"{kind}_{row}_{stat}" if metric == "error" else f"{kind}_{row}_{metric}_{stat}"
         if key not in self.arrays:
             raise LowrankError(f"'{self.path}' has no {key}")
         return self.arrays[key]

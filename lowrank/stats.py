@@ -137,3 +137,107 @@ class SpectrumStats:
             return float("inf")
         sem = self.cumulative.sem()[..., [i - 1 for i in indices]]
         return float(z * sem.max())
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of independent cluster values (NaN below 2)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        return (float("nan"), float("nan"))
+    half = stats.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1)
+    half /= np.sqrt(values.size)
+    return (float(values.mean() - half), float(values.mean() + half))
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's (1979) step-down adjusted p-values: family-wise error control over all tests.
+
+    The i-th smallest p is multiplied by (m - i + 1), then made non-decreasing.
+    """
+    order = np.argsort(pvalues, kind="stable")
+    m = len(pvalues)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+@dataclass(frozen=True)
+class ClusteredRate:
+    """A failure rate from clustered Bernoulli trials and its cluster-robust interval.
+
+    Trials in one cluster share a draw (one R for a matrix P and its vectors; one sequence),
+    so they are not independent. The interval is Korn & Graubard's (1998) Clopper-Pearson
+    on an effective sample size: ``n_eff = p (1 - p) / v``, with ``v`` the linearised
+    (Taylor) cluster variance of the ratio estimator ``p = sum f_c / sum m_c``,
+    ``v = C / (C - 1) sum (f_c - p m_c)^2 / (sum m_c)^2`` over C clusters, then scaled by
+    their degrees-of-freedom factor ``(t_{N-1} / t_{C-1})^2`` (N trials), which widens the
+    interval when clusters are few. ``n_eff`` is kept between Kish's worst case
+    ``(sum m_c)^2 / sum m_c^2`` (every cluster perfectly correlated; C for equal sizes) and
+    N (no credit is given for a design effect below 1). With no failures (or no successes)
+    the correlation cannot be estimated and ``n_eff`` is Kish's worst case. Clusters of one
+    trial each are independent by construction: ``n_eff = N``, plain Clopper-Pearson.
+    """
+
+    failures: int
+    trials: int
+    clusters: int
+    n_eff: float
+
+    @classmethod
+    def from_clusters(
+        cls, failures: np.ndarray, sizes: np.ndarray, level: float = 0.95
+    ) -> ClusteredRate:
+        from scipy import stats
+
+        f = np.asarray(failures, dtype=np.float64).ravel()
+        m = np.asarray(sizes, dtype=np.float64).ravel()
+        total, trials, clusters = f.sum(), m.sum(), f.size
+        if trials <= 0:
+            raise ValueError("no trials")
+        worst = float(trials**2 / (m**2).sum())  # Kish: perfectly correlated clusters
+        p = total / trials
+        if (m == 1).all():
+            n_eff = float(trials)
+        elif 0 < p < 1 and clusters > 1:
+            v = clusters / (clusters - 1) * float(((f - p * m) ** 2).sum()) / trials**2
+            n_eff = p * (1 - p) / v if v > 0 else float(trials)
+            q = 0.5 + level / 2
+            n_eff *= (stats.t.ppf(q, trials - 1) / stats.t.ppf(q, clusters - 1)) ** 2
+            n_eff = float(np.clip(n_eff, worst, trials))
+        else:
+            n_eff = worst
+        return cls(int(total), int(trials), clusters, n_eff)
+
+    @property
+    def rate(self) -> float:
+        return self.failures / self.trials
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """Clopper-Pearson interval with ``n_eff`` trials and ``rate * n_eff`` failures."""
+        from scipy import stats
+
+        x, n = self.rate * self.n_eff, self.n_eff
+        alpha = 1 - level
+        lo = 0.0 if x <= 0 else float(stats.beta.ppf(alpha / 2, x, n - x + 1))
+        hi = 1.0 if x >= n else float(stats.beta.ppf(1 - alpha / 2, x + 1, n - x))
+        return lo, hi
+
+    def p_value(self, bound: float) -> float:
+        """Two-sided exact binomial p-value (doubled smaller tail, on ``n_eff``) of
+        ``rate == bound``; dual to :meth:`interval` (``bound`` outside the 95% interval
+        iff p < 0.05)."""
+        from scipy import stats
+
+        x, n = self.rate * self.n_eff, self.n_eff
+        if bound <= 0:
+            return 1.0 if x <= 0 else 0.0
+        if bound >= 1:
+            return 1.0 if x >= n else 0.0
+        upper = 1.0 if x <= 0 else float(stats.beta.cdf(bound, x, n - x + 1))  # P(X >= x)
+        lower = 1.0 if x >= n else float(stats.beta.sf(bound, x + 1, n - x))  # P(X <= x)
+        return min(1.0, 2 * min(upper, lower))

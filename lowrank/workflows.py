@@ -110,6 +110,13 @@ def prepare(config: SpectrumConfig) -> Prepared:
             "(--keep-short keeps them)",
             err=True,
         )
+    short = policy.get("short_sequences", 0)
+    if short:
+        _warn(
+            f"--keep-short: {short} of {n_seq} sequences ({short / n_seq:.0%}) are shorter than "
+            f"n = {config.seq_len} and padded; their spectra are those of shorter matrices and "
+            "bias the means toward short documents"
+        )
     click.echo(
         f"{loaded.source.name}: {loaded.num_layers} layers x {loaded.num_heads} heads, "
         f"{n_seq} sequences of {config.seq_len} tokens from {corpus.name} on {device}",

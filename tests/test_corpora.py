@@ -103,6 +103,34 @@ def test_document_policy_skips_short_reviews_and_truncates_long_ones(bert_tok):
     assert len(kept.lengths) == len(corpus.documents)
     assert (kept.lengths < 512).sum() == 4
     assert (kept.attention_mask.sum(1) == kept.lengths).all()
+    assert seqs.policy["short_sequences"] == 0
+    assert kept.policy["short_sequences"] == 4
+
+
+def test_keep_short_warns_with_the_share_of_short_sequences(bert_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from lowrank.cli import main
+    from tests.helpers import SEQ_LEN
+
+    long = " ".join(["a long and rather wordy review of a film"] * 12)  # > SEQ_LEN tokens
+    docs = [long, "Too short.", long, long, "Also short, but fine."]
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    out = tmp_path / "run"
+    args = ["spectrum", "--model", str(bert_dir), "--data", str(data), "--keep-short"]
+    args += ["--seq-len", str(SEQ_LEN), "--out", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    warning = (
+        f"warning: --keep-short: 2 of 5 sequences (40%) are shorter than n = {SEQ_LEN} and padded"
+    )
+    (line,) = [line for line in res.stderr.splitlines() if "--keep-short:" in line]
+    assert line.startswith(warning) and "bias the means toward short documents" in line
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["sequence_policy"]["short_sequences"] == 2
+    mask = np.load(out / "spectrum.npz")["attention_mask"]  # (N, n)
+    assert int((mask.sum(axis=1) < SEQ_LEN).sum()) == 2
 
 
 def test_embedded_samples_hold_at_least_16_sequences_of_512(bert_tok):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -94,13 +97,66 @@ def test_plot_functions_take_and_return_axes(runs):
         assert plot_layer_summary(both, ax=axes[2]) is axes[2]
         line = axes[0].get_lines()[0]
         np.testing.assert_allclose(
-            line.get_ydata(), both[0].stats.cumulative.mean.mean(axis=(0, 1)), atol=1e-12
+            np.asarray(line.get_ydata()),
+            both[0].stats.cumulative.mean.mean(axis=(0, 1)),
+            atol=1e-12,
         )
-        assert len(axes[2].get_legend().get_texts()) == 2
+        legend = axes[2].get_legend()
+        assert legend is not None and len(legend.get_texts()) == 2
         combined = figure1(both)
         # two spectrum panels + heatmap + its colour bar
         assert len(combined.axes) == 4
         plt.close("all")
+
+
+def test_spectrum_legend_names_the_statistics_drawn(runs):
+    """The legend's words are checked against the run arrays, so 'mean' cannot sit on a
+    median line, nor '10-90%' on another band."""
+    import matplotlib.pyplot as plt
+
+    run = read_run(runs[0])
+    curves = run.stats.cumulative.mean  # (L, H, n)
+    layers, heads, n = curves.shape
+    flat = curves.reshape(layers * heads, n)
+    # the tiny model's curves are skewed enough that mean and median differ
+    assert not np.allclose(flat.mean(axis=0), np.median(flat, axis=0), atol=1e-6)
+    with paper_style():
+        ax = plot_cumulative(run)
+    handles, labels = ax.get_legend_handles_labels()
+    legend = ax.get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == labels
+    drawn: dict[str, Any] = dict(zip(labels, handles, strict=True))
+    statistic: dict[str, Callable[..., np.ndarray]] = {"mean": np.mean, "median": np.median}
+    (line_label,) = [label for label in labels if label.split()[0] in statistic]
+    assert line_label == f"mean over {layers * heads} heads"
+    line = drawn[line_label]
+    np.testing.assert_allclose(
+        np.asarray(line.get_ydata()), statistic[line_label.split()[0]](flat, axis=0), atol=1e-12
+    )
+    band_label = f"10-90% across {layers * heads} heads"
+    assert band_label in labels
+    vertices = drawn[band_label].get_paths()[0].vertices  # (x, y) around the band
+    lo, hi = np.percentile(flat, (10, 90), axis=0)
+    for i in (1, n // 4, n // 2):
+        ys = vertices[np.isclose(vertices[:, 0], i + 1), 1]
+        np.testing.assert_allclose([ys.min(), ys.max()], [lo[i], hi[i]], atol=1e-12)
+    plt.close("all")
+
+
+def test_by_layer_colour_bar_has_one_colour_per_layer(runs):
+    import matplotlib.pyplot as plt
+
+    run = read_run(runs[0])
+    layers = run.stats.cumulative.mean.shape[0]
+    with paper_style():
+        ax = plot_cumulative(run, by_layer=True)
+    colours = {line.get_color() for line in ax.get_lines() if line.get_linestyle() == "-"}
+    assert len(colours) == layers
+    bar_ax = ax.figure.axes[-1]
+    assert [t.get_text() for t in bar_ax.get_yticklabels()] == [
+        str(i) for i in range(1, layers + 1)
+    ]
+    plt.close("all")
 
 
 def test_layer_summary_metric_rank90(runs):
@@ -109,7 +165,7 @@ def test_layer_summary_metric_rank90(runs):
     run = read_run(runs[0])
     with paper_style():
         ax = plot_layer_summary([run], metric="rank90")
-    ys = ax.get_lines()[0].get_ydata()
+    ys = np.asarray(ax.get_lines()[0].get_ydata())
     np.testing.assert_allclose(ys, run.stats.summaries.mean[..., 1].mean(axis=1))
     assert "rank for 90%" in ax.get_ylabel()
     plt.close("all")

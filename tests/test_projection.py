@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -16,14 +17,21 @@ from lowrank.corpora import build_sequences, load_corpus
 from lowrank.models import load_model
 from lowrank.projection import (
     JL_METHODS,
+    SHARING_DESIGN,
     ProjectionBank,
+    baseline_output,
     best_rank_k,
     blocks,
+    cosine_and_scale_free,
     eckart_young_error,
+    estimator_factors,
     jl_matrix,
     linformer_attention,
     max_pool,
+    output_floor,
     pooling_matrix,
+    relative_frobenius,
+    row_space_basis,
     row_space_projector,
     theorem1_errors,
 )
@@ -125,7 +133,7 @@ def test_pooling_matrices_average_blocks_and_project():
     )
     conv = pooling_matrix("conv", 4, 10)
     assert torch.allclose(conv.sum(1), torch.ones(4, dtype=torch.float64))
-    assert (conv[0] > 0).sum() == 5  # kernel of two blocks
+    assert (conv[1] > 0).sum() == 5  # a hat of half-width 3 around position 3
     pooled = max_pool(torch.arange(10.0)[:, None], 4)
     assert pooled.flatten().tolist() == [1.0, 4.0, 7.0, 9.0]
 
@@ -173,9 +181,24 @@ def test_measure_shapes_and_summary(roberta_dir):
     seqs = build_sequences(load_corpus("sample-wiki", None), loaded.tokenizer, SEQ_LEN, 3)
     spec = ProjectionSpec(("gaussian", "max-pool", "svd"), (4, SEQ_LEN), draws=2)
     arrays = measure(loaded, seqs, spec, 2, torch.device("cpu"))
-    assert arrays["theorem1_gaussian"].shape == (2, 3, 4, 3 * 2)
+    assert spec.rows("theorem1") == [
+        "gaussian[paper]",
+        "gaussian[projector]",
+        "svd",
+        "zero",
+        "uniform",
+    ]
+    assert spec.rows("theorem2") == [
+        "gaussian",
+        "max-pool",
+        "svd",
+        "output-floor",
+        "zero",
+        "uniform",
+    ]
+    assert arrays["theorem1_gaussian[paper]"].shape == (2, 3, 4, 3 * 2)
     assert arrays["theorem2_svd"].shape == (2, 3, 4, 3)
-    assert np.isnan(arrays["theorem1_max-pool"]).all()
+    assert "theorem1_max-pool" not in arrays  # no linear form: no Theorem 1 row
     # k = n: the best rank-n approximation is P itself
     assert np.nanmax(arrays["theorem2_svd"][1]) < 1e-4
     stats = summarize(arrays["theorem2_gaussian"].astype(np.float64))
@@ -229,17 +252,48 @@ def test_project_command_end_to_end_with_masked_lm_head(tmp_path):
     run = read_projection_run(out)
     assert run.methods == ["gaussian", "mean-pool", "svd"]
     assert run.ks.tolist() == [8, 16]
+    assert run.rows("theorem2") == [
+        "gaussian",
+        "mean-pool",
+        "svd",
+        "output-floor",
+        "zero",
+        "uniform",
+    ]
     np.testing.assert_allclose(
         run.stat("theorem2", "gaussian", "mean"),
         run.arrays["theorem2_gaussian_samples"].astype(np.float64).mean(-1),
     )
+    np.testing.assert_allclose(
+        run.stat("theorem1", "mean-pool[projector]", "median", "cosine"),
+        np.median(run.arrays["theorem1_mean-pool[projector]_cosine_samples"], axis=-1),
+        rtol=1e-6,
+    )
+    assert "theorem2_output-floor_mean" in run.arrays
     effect = run.meta["model_effect"]
     assert effect["mode"].startswith("masked-LM")
     kinds = {(r["method"], r["sharing"]) for r in effect["results"]}
-    assert kinds == {("gaussian", "headwise"), ("gaussian", "layerwise"), ("mean-pool", "n/a")}
+    assert kinds == {
+        ("zero", "n/a"),
+        ("uniform", "n/a"),
+        ("gaussian", "headwise"),
+        ("gaussian", "layerwise"),
+        ("mean-pool", "n/a"),
+    }
     assert all(r["mlm_loss"] is not None and r["mlm_loss_exact"] > 0 for r in effect["results"])
-    assert (out / "figures" / "error_vs_k.png").is_file()
-    assert json.loads((out / "run.json").read_text())["format"] == "lowrank-projection"
+    for r in effect["results"]:
+        assert len(r["per_sequence"]["cosine"]) == 3
+        assert r["verdict"] in ("baseline", "beats both", "loses", "inconclusive")
+        lo, hi = r["cosine_ci"]
+        assert lo <= r["cosine"] <= hi
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["format"] == "lowrank-projection" and meta["format_version"] == 2
+    tests = meta["baseline_tests"]
+    # every method row x metric (raw, scale-free) x baseline x k, Holm-adjusted upwards
+    assert len(tests) == (5 + 3) * 2 * 2 * 2  # 5 Theorem 1 rows, 3 Theorem 2 rows
+    assert all(t["p_holm"] >= t["p"] for t in tests)
+    assert "paired over sequences" in res.output and "uniform" in res.output
+    assert (out / "figures" / "error_vs_k.png").stat().st_size > 20_000
 
 
 @pytest.mark.parametrize("ks", ["0", "49", "8,-1"])
@@ -261,3 +315,197 @@ def test_bad_k_is_one_line_exit_2(roberta_dir, tmp_path, ks):
     assert res.exit_code == 2
     assert "outside 1..n" in res.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("sharing", "count", "level", "same_r"),
+    [
+        ("none-same-R", 144, "head", True),
+        ("layerwise-separate", 2, "model", False),
+        ("none", 288, "head", False),
+        ("key-value", 12, "layer", True),
+    ],
+)
+def test_sharing_grid_separates_level_from_drawing_e_and_f_from_one_r(
+    sharing, count, level, same_r
+):
+    bank = ProjectionBank("gaussian", 16, 64, layers=12, heads=12, sharing=sharing)
+    assert bank.distinct() == count
+    assert SHARING_DESIGN[sharing] == (level, same_r)
+    same = torch.allclose(bank.e(2, 3) * np.exp(-1.0), bank.f(2, 3))
+    assert same == same_r
+
+
+def test_output_floor_is_eckart_young_on_pv_and_zero_once_k_reaches_d():
+    gen = torch.Generator().manual_seed(0)
+    pv = torch.randn(3, 40, 8, generator=gen, dtype=torch.float64)
+    s = torch.linalg.svdvals(pv)
+    for k in (1, 3, 7):
+        expected = torch.sqrt((s[:, k:] ** 2).sum(-1)) / s.norm(dim=-1)
+        torch.testing.assert_close(output_floor(pv, k), expected)
+        best = best_rank_k(pv, k)
+        torch.testing.assert_close(output_floor(pv, k), relative_frobenius(best, pv))
+    for k in (8, 9, 40):
+        assert output_floor(pv, k).abs().max() < 1e-12
+
+
+def test_output_floor_bounds_every_rank_k_output():
+    n, d, k = 32, 6, 3
+    p = _softmax_matrix(n, 4)
+    v = torch.randn(n, d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    floor = output_floor(p @ v, k).item()
+    gen = torch.Generator().manual_seed(6)
+    for estimator in ("paper", "projector"):
+        left, right = estimator_factors("gaussian", k, n, estimator, gen)
+        assert relative_frobenius(p @ left @ (right @ v), p @ v).item() >= floor - 1e-12
+    assert relative_frobenius(best_rank_k(p, k) @ v, p @ v).item() >= floor - 1e-12
+
+
+def test_projector_estimator_is_exact_on_a_p_in_the_row_space_of_e():
+    n, k = 30, 5
+    left, right = estimator_factors("gaussian", k, n, "projector", torch.Generator().manual_seed(1))
+    r = jl_matrix("gaussian", k, n, torch.Generator().manual_seed(1))  # the same draw of R
+    torch.testing.assert_close(left @ right, torch.linalg.pinv(r) @ r)  # E^+ E, via QR
+    a = torch.rand(n, k, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    p = a @ r  # rank k, rows in the row space of R
+    torch.testing.assert_close(p @ left @ right, p)
+    paper_left, paper_right = estimator_factors(
+        "gaussian", k, n, "paper", torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(paper_left @ paper_right, r.T @ r)
+    assert relative_frobenius(p @ paper_left @ paper_right, p).item() > 0.5  # not a projector
+
+
+def test_mean_pool_estimators_on_a_block_constant_p():
+    n, k = 12, 4  # blocks of 3
+    p = torch.rand(n, k, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    p = p.repeat_interleave(3, dim=1) / 3  # each row constant on the blocks
+    gen = torch.Generator()
+    left, right = estimator_factors("mean-pool", k, n, "projector", gen)
+    torch.testing.assert_close(p @ left @ right, p)
+    # the paper's Gram form, scaled to tr = n like E[R^T R] = I, is n/k times the projector
+    paper_left, paper_right = estimator_factors("mean-pool", k, n, "paper", gen)
+    torch.testing.assert_close(paper_left @ paper_right, (n / k) * (left @ right))
+    assert torch.trace(paper_left @ paper_right).item() == pytest.approx(n)
+
+
+def test_conv_is_a_different_operator_that_keeps_linear_sequences():
+    n, k = 20, 5
+    conv = pooling_matrix("conv", k, n)
+    assert torch.allclose(conv.sum(1), torch.ones(k, dtype=torch.float64))
+    assert (conv >= 0).all()
+    projector = row_space_projector(conv)
+    line = 3.0 + 0.7 * torch.arange(n, dtype=torch.float64)
+    torch.testing.assert_close(projector @ line, line)  # piecewise linear: lines are kept
+    mean_projector = row_space_projector(pooling_matrix("mean-pool", k, n))
+    assert (projector - mean_projector).norm().item() > 0.5
+    assert (mean_projector @ line - line).norm().item() > 1.0  # blocks flatten a line
+    torch.testing.assert_close(
+        row_space_projector(pooling_matrix("conv", n, n)), torch.eye(n, dtype=torch.float64)
+    )
+
+
+def test_trivial_baselines_by_hand():
+    n, d = 10, 3
+    v = torch.randn(2, n, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    uniform_p = torch.full((n, n), 1.0 / n, dtype=torch.float64)
+    exact = uniform_p @ v
+    out = baseline_output("uniform", v)
+    assert relative_frobenius(out, exact).max().item() < 1e-14  # uniform on uniform P: 0
+    causal_p = torch.tril(torch.ones(n, n, dtype=torch.float64))
+    causal_p /= causal_p.sum(-1, keepdim=True)
+    torch.testing.assert_close(baseline_output("uniform", v, causal=True), causal_p @ v)
+    zero = baseline_output("zero", v)
+    assert relative_frobenius(zero, exact).tolist() == [1.0, 1.0]
+    cos, free = cosine_and_scale_free(zero, exact, (-2, -1))
+    assert cos.tolist() == [0.0, 0.0] and free.tolist() == [1.0, 1.0]
+
+
+def test_scale_free_error_is_the_error_after_the_best_rescale():
+    gen = torch.Generator().manual_seed(4)
+    a, b = (torch.randn(5, 7, generator=gen, dtype=torch.float64) for _ in range(2))
+    cos, free = cosine_and_scale_free(a, b, (-2, -1))
+    alphas = torch.linspace(-3, 3, 60001, dtype=torch.float64)
+    brute = min((al * a - b).norm().item() for al in alphas) / b.norm().item()
+    assert free.item() == pytest.approx(brute, abs=1e-6)
+    assert free.item() == pytest.approx(math.sqrt(1 - cos.item() ** 2))
+    cos, free = cosine_and_scale_free(-2.5 * b, b, (-2, -1))
+    assert cos.item() == pytest.approx(-1.0) and free.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_sequence_clusters_group_the_draws_of_one_sequence():
+    from lowrank.project_command import sequence_clusters
+
+    # (K, L, H, S) with S = sequences x draws, sequence-major as the sink lays it out
+    n_seq, draws = 3, 2
+    values = np.array([10.0, 11.0, 20.0, 21.0, 30.0, 31.0])
+    samples = np.broadcast_to(values, (2, 1, 4, n_seq * draws))
+    np.testing.assert_allclose(sequence_clusters(samples, n_seq), [[10.5, 20.5, 30.5]] * 2)
+
+
+def test_sink_metrics_known_answers(roberta_dir):
+    loaded = load_model(str(roberta_dir))
+    seqs = build_sequences(load_corpus("sample-wiki", None), loaded.tokenizer, SEQ_LEN, 2)
+    spec = ProjectionSpec(("gaussian", "mean-pool"), (4, SEQ_LEN), draws=2)
+    arrays = measure(loaded, seqs, spec, 2, torch.device("cpu"))
+    # k = n: R^+ R = I and blocks of one are the identity, so the projector is exact
+    for row in ("gaussian[projector]", "mean-pool[projector]", "mean-pool[paper]"):
+        assert np.nanmax(arrays[f"theorem1_{row}"][1]) < 1e-4, row
+        assert np.nanmin(arrays[f"theorem1_{row}_cosine"][1]) > 1 - 1e-6
+    # ... while R^T R at k = n is still a random matrix
+    assert np.nanmean(arrays["theorem1_gaussian[paper]"][1]) > 0.1
+    # the output floor is 0 once k >= d (d = 8 here) and below every Theorem 2 row
+    assert np.nanmax(arrays["theorem2_output-floor"][1]) < 1e-5
+    for row in ("gaussian", "mean-pool", "zero", "uniform"):
+        per_draw = arrays[f"theorem2_{row}"].reshape(2, 3, 4, 2, -1)  # sequence-major draws
+        assert (per_draw >= arrays["theorem2_output-floor"][..., None] - 1e-6).all()
+    assert np.allclose(arrays["theorem2_zero"], 1.0) and np.allclose(arrays["theorem1_zero"], 1.0)
+    # scale-free error and cosine agree: free = sqrt(1 - cos^2)
+    free, cos = arrays["theorem2_gaussian_scale-free"], arrays["theorem2_gaussian_cosine"]
+    np.testing.assert_allclose(free, np.sqrt(1 - cos.astype(np.float64) ** 2), atol=1e-5)
+    assert arrays["theorem1_gaussian[paper]"].shape == (2, 3, 4, 2 * 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--delta", "nan"], "--delta nan must be a finite number > 0"),
+        (["--delta", "inf"], "--delta inf must be a finite number > 0"),
+        (["--delta", "0"], "--delta 0.0 must be a finite number > 0"),
+        (["--delta", "-1"], "--delta -1.0 must be a finite number > 0"),
+        (["--estimator", "paper,bogus"], "bogus"),
+        (["--sharing", "everything"], "everything"),
+        (["--proj-seed", "-1"], "-1"),
+    ],
+)
+def test_project_bad_options_are_one_line_exit_2(roberta_dir, tmp_path, args, message):
+    base = ["project", "--model", str(roberta_dir), "--seq-len", str(SEQ_LEN), "--k", "8"]
+    res = CliRunner().invoke(main, [*base, *args, "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_project_draws_do_not_depend_on_the_batch_size(roberta_dir):
+    # one R per sequence, seeded by its index in the run: batches of 1 and of 3 agree, and
+    # two sequences of one batch do not share a draw
+    loaded = load_model(str(roberta_dir))
+    seqs = build_sequences(load_corpus("sample-wiki", None), loaded.tokenizer, SEQ_LEN, 3)
+    spec = ProjectionSpec(("gaussian",), (8,), draws=2)
+    one = measure(loaded, seqs, spec, 1, torch.device("cpu"))
+    three = measure(loaded, seqs, spec, 3, torch.device("cpu"))
+    for key in ("theorem1_gaussian[paper]", "theorem2_gaussian_cosine"):
+        np.testing.assert_allclose(one[key], three[key], rtol=2e-5, atol=1e-6)
+    dup = seqs.input_ids.copy()
+    dup[1] = dup[0]
+    twin = type(seqs)(**{**vars(seqs), "input_ids": dup})
+    both = measure(loaded, twin, spec, 2, torch.device("cpu"))["theorem1_gaussian[paper]"]
+    assert not np.allclose(both[..., 0:2], both[..., 2:4])  # same text, different R
+
+
+def test_row_space_basis_of_a_matrix_with_a_zero_row():
+    e = torch.randn(4, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    e[2] = 0  # a very sparse JL draw can do this
+    q = row_space_basis(e)
+    assert q.shape == (10, 3)
+    torch.testing.assert_close(q @ q.T, torch.linalg.pinv(e) @ e)
