@@ -1,3 +1,17 @@
-from lowrank.cli import main
+"""``python -m lowrank``: what ``torchrun -m lowrank`` runs in every process."""
 
-main()
+import os
+import sys
+
+from lowrank.cli import main
+from lowrank.distributed import check_command
+from lowrank.errors import LowrankError
+
+if __name__ == "__main__":
+    try:
+        check_command(sys.argv[1:])
+    except LowrankError as exc:
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per rank
+            print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    main(prog_name="lowrank")

@@ -223,6 +223,18 @@ def _model_help() -> str:
     default=None,
     help="Save the accumulators every N sequences (default: after each minute of work).",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["gloo", "nccl"]),
+    default=None,
+    help="Under torchrun: the torch.distributed backend (default: gloo on the CPU, nccl on "
+    "CUDA). See 'Running on a cluster' in the README.",
+)
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Under torchrun: every rank prints its messages (default: only rank 0).",
+)
 @handle_errors
 def spectrum(**opts: Any) -> None:
     """Singular-value spectra of every attention matrix P (the paper's Figure 1).
@@ -241,6 +253,7 @@ def spectrum(**opts: Any) -> None:
         opts.pop("resume"),
         opts.pop("checkpoint_every"),
     )
+    backend, verbose = opts.pop("backend"), opts.pop("verbose")
     config = SpectrumConfig(**opts)
     if config.seq_len < 2:
         raise LowrankError(f"--seq-len {config.seq_len} is too short: use at least 2 tokens")
@@ -257,6 +270,8 @@ def spectrum(**opts: Any) -> None:
         shard=shard,
         resume=resume,
         checkpoint_every=every,
+        backend=backend,
+        verbose=verbose,
     )
 
 

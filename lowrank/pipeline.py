@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 
 from lowrank.capture import AttentionCall, capture, valid_blocks
 from lowrank.corpora import Sequences
+from lowrank.distributed import Team, merge_in_order
 from lowrank.errors import LowrankError
 from lowrank.models import LoadedModel
 from lowrank.spectra import (
@@ -25,7 +26,7 @@ from lowrank.spectra import (
     pad_spectrum,
     singular_values,
 )
-from lowrank.stats import SpectrumStats
+from lowrank.stats import RunningMoments, SpectrumStats
 
 
 def resolve_device(device: str) -> torch.device:
@@ -82,12 +83,21 @@ def check_finite(probs: torch.Tensor, layer: int) -> None:
 
 @dataclass
 class PipelineResult:
+    """What :func:`analyse` did on this process.
+
+    ``stats`` holds this rank's sequences only (all of them in a single process);
+    ``sequences_used`` counts the sequences of every rank, ``[0, sequences_used)`` of the list.
+    """
+
     stats: SpectrumStats
     sequences_used: int
     seconds: float
     stopped_early: bool = False
     half_width: float | None = None
     notes: list[str] = field(default_factory=list)
+    batches: int = 0  # batches this rank analysed (resumed ones not counted)
+    own_sequences: int = 0  # sequences in those batches
+    compute_seconds: float = 0.0  # spent in them, without waiting for other ranks
 
 
 class Interrupted(Exception):
@@ -156,6 +166,41 @@ def _spectra_retrying(
         )
 
 
+def deal(
+    first: int, total: int, batch_size: int, rank: int = 0, world: int = 1
+) -> Iterator[tuple[int, int, int]]:
+    """Deal the batches of sequences ``[first, total)`` to ``world`` ranks, round-robin.
+
+    In round k, rank r takes the batch starting at ``first + (k * world + r) * batch_size``.
+    Yields, per round, this rank's ``(lo, hi)`` (``lo == hi`` when the last round has no batch
+    left for it) and the index ``end`` after the round: once every rank has finished a round,
+    together they have analysed exactly ``[first, end)``. One rank gets the single-process
+    batches.
+    """
+    step = batch_size * world
+    for begin in range(first, total, step):
+        lo = min(begin + rank * batch_size, total)
+        yield lo, min(lo + batch_size, total), min(begin + step, total)
+
+
+# Two-sided 95% normal quantile, as in SpectrumStats.half_width.
+Z95 = 1.959963984540054
+
+
+def tracked(stats: SpectrumStats, indices: list[int]) -> RunningMoments:
+    """Moments of c at the 1-based ``indices`` only: (L, H, len(indices))."""
+    cols = [i - 1 for i in indices]
+    m = stats.cumulative
+    return RunningMoments(m.count, m.mean[..., cols], m.m2[..., cols])
+
+
+def half_width(m: RunningMoments) -> float:
+    """Largest 95% half-width ``z * sem`` over the tracked means (inf below 2 sequences)."""
+    if m.count < 2:
+        return float("inf")
+    return float(Z95 * m.sem().max())
+
+
 def analyse(
     loaded: LoadedModel,
     sequences: Sequences,
@@ -167,69 +212,93 @@ def analyse(
     progress: Callable[[int], None] | None = None,
     min_sequences: int = 10,
     start: tuple[SpectrumStats, int] | None = None,
-    checkpoint: Callable[[SpectrumStats, int], None] | None = None,
+    checkpoint: Callable[[list[SpectrumStats], int], None] | None = None,
     checkpoint_due: Callable[[int], bool] | None = None,
     warn: Callable[[str], None] = lambda message: None,
+    team: Team | None = None,
 ) -> PipelineResult:
     """Spectra of every (layer, head) for every sequence, accumulated into statistics.
 
     Args:
         loaded: the model in eval mode.
-        sequences: (N, n) tokens and valid lengths.
+        sequences: (N, n) tokens and valid lengths; every rank passes the whole list.
         index: 1-based heatmap index.
         precision: stop once the 95% half-width of every tracked mean c value is below it
-            (checked after each batch, from ``min_sequences`` on); None runs all sequences.
+            (checked after each round, from ``min_sequences`` on, on the statistics of all
+            ranks); None runs all sequences.
         precision_indices: 1-based curve points tracked by ``precision`` (default: index).
-        progress: called with the number of sequences finished after each batch.
-        start: statistics and the index of the next sequence, to resume a run.
-        checkpoint: called with (statistics, next index) after a batch when
-            ``checkpoint_due(sequences done since the last checkpoint)`` says so.
+        progress: called with the number of sequences finished (by all ranks) after a round.
+        start: this rank's statistics and the index of the next sequence, to resume a run.
+        checkpoint: called (on rank 0) with every rank's statistics, in rank order, and the
+            next index when ``checkpoint_due(sequences done since the last checkpoint)``
+            says so (rank 0's answer counts).
         warn: receives one-line warnings (e.g. a batch retried after running out of memory).
+        team: the ranks of a torchrun launch; rank r analyses the batches :func:`deal`
+            gives it, and one collective per round keeps the ranks in step. None: one process.
 
     Raises:
         Interrupted: on KeyboardInterrupt, with the statistics of the finished batches.
+        PeerFailure: (with a team) when a collective fails because another rank stopped.
     """
     device = device or torch.device("cpu")
     n = sequences.input_ids.shape[1]
+    total = len(sequences.lengths)
     stats, first = start or (SpectrumStats.empty(loaded.num_layers, loaded.num_heads, n, index), 0)
-    tracked = precision_indices or [index]
+    indices = precision_indices or [index]
     padded = bool((sequences.lengths < n).any())
+    rank, world = (team.rank, team.world) if team is not None else (0, 1)
     began = time.perf_counter()
     result = PipelineResult(stats, 0, 0.0)
     since = 0
-    next_index = first  # the first sequence not yet in ``stats``
+    next_index = first  # every sequence before it is in the statistics of some rank
+    view = None  # tracked moments of all ranks, for the stopping rule
+
+    def exchange(due: bool) -> tuple[bool, RunningMoments | None]:
+        mine = tracked(stats, indices) if precision is not None else None
+        if team is None:
+            return due, mine
+        reports = team.all_gather((due, mine))
+        merged = merge_in_order([m for _, m in reports]) if precision is not None else None
+        return reports[0][0], merged
+
     try:
-        for lo in range(first, len(sequences.lengths), batch_size):
-            hi = lo + batch_size
-            parts = _spectra_retrying(
-                loaded, sequences.input_ids[lo:hi], sequences.lengths[lo:hi], padded, device, warn
-            )
-            for part in parts:
-                stats = stats.add(part)
-            done = len(sequences.lengths[lo:hi])
-            next_index = lo + done
+        for lo, hi, end in deal(first, total, batch_size, rank, world):
+            if hi > lo:
+                tick = time.perf_counter()
+                ids, lengths = sequences.input_ids[lo:hi], sequences.lengths[lo:hi]
+                for part in _spectra_retrying(loaded, ids, lengths, padded, device, warn):
+                    stats = stats.add(part)
+                result.compute_seconds += time.perf_counter() - tick
+                result.batches += 1
+                result.own_sequences += hi - lo
+            done, next_index = end - next_index, end
             since += done
+            due = checkpoint is not None and checkpoint_due is not None and checkpoint_due(since)
+            due, view = exchange(due)
             if progress is not None:
                 progress(done)
-            if checkpoint is not None and checkpoint_due is not None and checkpoint_due(since):
-                checkpoint(stats, next_index)
+            if due and checkpoint is not None:
+                parts = team.gather(stats) if team is not None else [stats]
+                if parts is not None:
+                    checkpoint(parts, next_index)
                 since = 0
-            if precision is not None and stats.count >= min_sequences:
-                hw = stats.half_width(tracked)
-                result.half_width = hw
-                if hw < precision:
-                    result.stopped_early = next_index < len(sequences.lengths)
+            if precision is not None and view is not None and view.count >= min_sequences:
+                result.half_width = half_width(view)
+                if result.half_width < precision:
+                    result.stopped_early = next_index < total
                     break
+        if precision is not None and view is None:  # no round left to run
+            _, view = exchange(False)
     except KeyboardInterrupt:
         raise Interrupted(stats, next_index) from None
     result.stats = stats
-    result.sequences_used = stats.count
+    result.sequences_used = next_index
     result.seconds = time.perf_counter() - began
-    if precision is not None:
-        result.half_width = stats.half_width(tracked)
+    if precision is not None and view is not None:
+        result.half_width = half_width(view)
         if not math.isfinite(result.half_width) or result.half_width >= precision:
             result.notes.append(
-                f"precision target {precision} not reached with {stats.count} sequences "
+                f"precision target {precision} not reached with {view.count} sequences "
                 f"(half-width {result.half_width:.4g}): raise --num-sequences"
             )
     return result

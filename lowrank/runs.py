@@ -301,27 +301,42 @@ def read_projection_run(path: str | Path) -> ProjectionRun:
 def write_checkpoint(
     out: Path,
     identity: dict[str, Any],
-    stats: SpectrumStats,
+    parts: list[SpectrumStats],
     next_index: int,
     total: int,
     command: str,
 ) -> None:
-    """Save the accumulators and the next sequence index atomically (npz, then json)."""
+    """Save each rank's accumulators and the next sequence index atomically (npz, then json).
+
+    ``parts`` are in rank order, one per rank; together they hold sequences
+    ``[0, next_index)``. One part is stored under the run folder's array names, several under
+    ``rank{r}.``-prefixed ones. The npz carries ``next_index`` and ``world_size`` itself, so a
+    crash between the two renames leaves a checkpoint that is still consistent.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, Any] = stats_arrays(stats)
+    arrays: dict[str, Any] = {
+        "next_index": np.array(next_index),
+        "world_size": np.array(len(parts)),
+    }
+    if len(parts) == 1:
+        arrays |= stats_arrays(parts[0])
+    else:
+        for rank, stats in enumerate(parts):
+            arrays |= {f"rank{rank}.{k}": v for k, v in stats_arrays(stats).items()}
     _atomic_write(out / CHECKPOINT_NPZ, lambda fh: np.savez(fh, **arrays))
-    text = (
-        json.dumps(
-            {"identity": identity, "next_index": next_index, "total": total, "command": command},
-            indent=2,
-        )
-        + "\n"
-    )
+    info = {
+        "identity": identity,
+        "next_index": next_index,
+        "total": total,
+        "world_size": len(parts),
+        "command": command,
+    }
+    text = json.dumps(info, indent=2) + "\n"
     _atomic_write(out / CHECKPOINT_JSON, lambda fh: fh.write(text.encode("utf-8")))
 
 
-def read_checkpoint(out: Path, identity: dict[str, Any]) -> tuple[SpectrumStats, int] | None:
-    """The accumulators and next index of a partial run with this identity, if any."""
+def read_checkpoint(out: Path, identity: dict[str, Any]) -> tuple[list[SpectrumStats], int] | None:
+    """Each rank's accumulators (rank order) and the next index of a partial run, if any."""
     if not (out / CHECKPOINT_JSON).is_file():
         return None
     info = read_json(out / CHECKPOINT_JSON)
@@ -330,11 +345,21 @@ def read_checkpoint(out: Path, identity: dict[str, Any]) -> tuple[SpectrumStats,
     if info.get("identity") != identity:
         raise LowrankError(f"the checkpoint in '{out}' belongs to another configuration")
     data = read_npz(out / CHECKPOINT_NPZ)
+    world = int(data.get("world_size", 1))
     try:
-        stats = stats_from_arrays(data)
+        if world == 1:
+            parts = [stats_from_arrays(data)]
+        else:
+            parts = [
+                stats_from_arrays(
+                    {k.partition(".")[2]: v for k, v in data.items() if k.startswith(f"rank{r}.")}
+                )
+                for r in range(world)
+            ]
     except KeyError as exc:
         raise LowrankError(f"'{out / CHECKPOINT_NPZ}' lacks {exc}") from exc
-    return stats, int(info["next_index"])
+    next_index = int(data["next_index"]) if "next_index" in data else int(info["next_index"])
+    return parts, next_index
 
 
 def clear_checkpoint(out: Path) -> None:
