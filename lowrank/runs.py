@@ -365,3 +365,85 @@ def read_checkpoint(out: Path, identity: dict[str, Any]) -> tuple[list[SpectrumS
 def clear_checkpoint(out: Path) -> None:
     for name in (CHECKPOINT_JSON, CHECKPOINT_NPZ):
         (out / name).unlink(missing_ok=True)
+
+
+COMPARE_FORMAT = "lowrank-compare"
+COMPARE_NPZ = "compare.npz"
+COMPARE_REQUIRED = (
+    "families",
+    "budgets",
+    "winner",
+    "winner_from_q_k",
+    "entropy_mean",
+    "sink_mass_mean",
+    "effective_rank_mean",
+    "c_at_budget_mean",
+    *(f"{m}_{s}" for m in ("probs_error", "output_error") for s in ("mean", "std")),
+)
+
+
+@dataclass
+class CompareRun:
+    """A ``lowrank compare`` run folder read back (arrays named as in compare.npz)."""
+
+    path: Path
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def families(self) -> list[str]:
+        return [str(f) for f in self.arrays["families"]]
+
+    @property
+    def budgets(self) -> list[int]:
+        return [int(b) for b in self.arrays["budgets"]]
+
+    def table(self, metric: str, stat: str = "mean") -> np.ndarray:
+        """(F, K, L, H) ``{metric}_{stat}``, e.g. ``output_error``, ``mean``."""
+        key = f"{metric}_{stat}"
+        if key not in self.arrays:
+            raise LowrankError(f"'{self.path}' has no {key}")
+        return self.arrays[key]
+
+    def values(self, family: str, budget: int, metric: str, stat: str = "mean") -> np.ndarray:
+        """(L, H) one family's metric at one budget."""
+        if family not in self.families or budget not in self.budgets:
+            raise LowrankError(f"'{self.path}' has no {family} at b = {budget}")
+        table = self.table(metric, stat)
+        return table[self.families.index(family), self.budgets.index(budget)]
+
+    def summary(self, budget: int | None = None, metric: str | None = None) -> Any:
+        """A pandas DataFrame, one row per (layer, head): entropy, sink mass, c at b,
+        effective rank, each family's error and the winner at ``budget``."""
+        import pandas as pd
+
+        budget = budget if budget is not None else int(self.meta["focus_budget"])
+        metric = metric or str(self.meta["winner_metric"])
+        ki = self.budgets.index(budget)
+        layers, heads = self.arrays["entropy_mean"].shape
+        layer, head = np.meshgrid(np.arange(1, layers + 1), np.arange(1, heads + 1), indexing="ij")
+        frame: dict[str, Any] = {"layer": layer.ravel(), "head": head.ravel()}
+        for name in ("entropy", "sink_mass", "effective_rank"):
+            frame[name] = self.arrays[f"{name}_mean"].ravel()
+        frame["c_at_budget"] = self.arrays["c_at_budget_mean"][ki].ravel()
+        table = self.table(metric)
+        for fi, family in enumerate(self.families):
+            frame[family] = table[fi, ki].ravel()
+        winner = self.arrays["winner"][ki].ravel()
+        frame["winner"] = [self.families[w] if w >= 0 else "" for w in winner]
+        return pd.DataFrame(frame)
+
+
+def read_compare_run(path: str | Path) -> CompareRun:
+    """Read and validate a ``lowrank compare`` run folder."""
+    folder = Path(path)
+    meta = read_meta(folder, COMPARE_FORMAT)
+    arrays = read_npz(folder / COMPARE_NPZ)
+    missing = [k for k in COMPARE_REQUIRED if k not in arrays]
+    if missing:
+        raise LowrankError(f"'{folder / COMPARE_NPZ}' lacks arrays {', '.join(missing)}")
+    shape = arrays["output_error_mean"].shape
+    expected = (len(arrays["families"]), len(arrays["budgets"]), *arrays["entropy_mean"].shape)
+    if shape != expected:
+        raise LowrankError(f"'{folder / COMPARE_NPZ}': output_error_mean has shape {shape}")
+    return CompareRun(folder, meta, arrays)
