@@ -29,11 +29,11 @@ and Nystrom landmarks mix future keys into every row and are reported as not app
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
-from lowrank.projection import pooling_matrix
+from lowrank.projection import BASELINES, pooling_matrix
 
 Family = Literal[
     "lowrank-oracle",
@@ -45,17 +45,7 @@ Family = Literal[
     "nystrom",
     "scatterbrain",
 ]
-FAMILIES: tuple[str, ...] = (
-    "lowrank-oracle",
-    "linformer",
-    "sparse-oracle",
-    "lsh",
-    "local-global",
-    "performer",
-    "nystrom",
-    "scatterbrain",
-)
-BASELINES: tuple[str, ...] = ("zero", "uniform")
+FAMILIES: tuple[str, ...] = get_args(Family)
 ORACLES: tuple[str, ...] = ("lowrank-oracle", "linformer", "sparse-oracle", "sparse-oracle-renorm")
 # Families whose P~ has no entry above the diagonal once the causal mask is applied to what
 # they attend; the others need every key for every row.
