@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 CorpusKind = Literal["articles", "reviews"]
+PaddingSide = Literal["right", "left"]
 
 HUB_DATASETS = {
     "wiki103": ("Salesforce/wikitext", "wikitext-103-raw-v1"),
@@ -63,19 +64,25 @@ class Sequences:
     """Token sequences ready for the model.
 
     Attributes:
-        input_ids: (N, n) int64, right-padded with the tokenizer's pad id.
+        input_ids: (N, n) int64, padded with the tokenizer's pad id on ``padding_side``.
         lengths: (N,) int64, valid tokens of each sequence (n unless padded).
         policy: the sequence policy and its counts, recorded in ``run.json``.
+        padding_side: ``right`` (valid tokens first; what the spectrum pipeline expects) or
+            ``left`` (valid tokens last; run such a batch with
+            :func:`lowrank.capture.padded_inputs`).
     """
 
     input_ids: np.ndarray
     lengths: np.ndarray
     policy: dict[str, Any] = field(default_factory=dict)
+    padding_side: PaddingSide = "right"
 
     @property
     def attention_mask(self) -> np.ndarray:
         """(N, n) int64, 1 on valid tokens."""
         n = self.input_ids.shape[1]
+        if self.padding_side == "left":
+            return (np.arange(n)[None, :] >= n - self.lengths[:, None]).astype(np.int64)
         return (np.arange(n)[None, :] < self.lengths[:, None]).astype(np.int64)
 
 
@@ -303,8 +310,12 @@ def build_sequences(
     seed: int | None = None,
     policy: Policy = "auto",
     keep_short: bool = False,
+    padding_side: PaddingSide = "right",
 ) -> Sequences:
     """Cut a corpus into at most ``num_sequences`` sequences of ``seq_len`` tokens.
+
+    Short documents kept with ``keep_short`` are padded after their tokens (``right``) or
+    before them (``left``).
 
     Raises:
         LowrankError: when the corpus yields no full sequence.
@@ -313,6 +324,8 @@ def build_sequences(
     body = seq_len - len(prefix) - len(suffix)
     if body < 1:
         raise LowrankError(f"--seq-len {seq_len} leaves no room for text after special tokens")
+    if padding_side not in ("right", "left"):
+        raise LowrankError(f"padding side '{padding_side}': use 'right' or 'left'")
     chosen = policy if policy != "auto" else ("pack" if corpus.kind == "articles" else "document")
     pad = tokenizer.pad_token_id
     pad_id = int(pad if pad is not None else (suffix or prefix or [0])[0])
@@ -355,7 +368,10 @@ def build_sequences(
             doc = keep[i]
             truncated += len(doc) > body
             seq = [*prefix, *doc[:body], *suffix]
-            ids[row, : len(seq)] = seq
+            if padding_side == "left":
+                ids[row, seq_len - len(seq) :] = seq
+            else:
+                ids[row, : len(seq)] = seq
             lengths[row] = len(seq)
         record |= {
             "available": len(keep),
@@ -366,4 +382,6 @@ def build_sequences(
             "short_sequences": int((lengths < seq_len).sum()),
         }
     record["num_sequences"] = len(idx)
-    return Sequences(ids, lengths, record)
+    if padding_side != "right":
+        record["padding_side"] = padding_side
+    return Sequences(ids, lengths, record, padding_side)

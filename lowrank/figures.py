@@ -80,8 +80,10 @@ def readable_log_ticks(ax: Axes, suffix: str = "") -> None:
 
 
 def run_title(run: SpectrumRun) -> str:
-    """``model / dataset`` and ``n = .., N = ..`` on two lines."""
-    return f"{run.label}\nn = {run.seq_len}, N = {run.stats.count} sequences"
+    """``model / dataset`` and ``n = .., N = ..`` on two lines; a decoder's run (``causal``
+    in run.json) says on a third that its P is lower-triangular."""
+    causal = "\ncausal decoder: P lower-triangular" if run.meta.get("causal") else ""
+    return f"{run.label}\nn = {run.seq_len}, N = {run.stats.count} sequences{causal}"
 
 
 def plot_cumulative(

@@ -51,6 +51,11 @@ class LoadedModel:
     def model_type(self) -> str:
         return str(self.model.config.model_type)
 
+    @property
+    def causal(self) -> bool:
+        """True for decoders: their attention masks the future, so P is lower-triangular."""
+        return any(getattr(m, "is_causal", False) for m in self.model.modules())
+
     def check_seq_len(self, seq_len: int) -> None:
         """Raise when ``seq_len`` is not a length this model can take."""
         if seq_len < 2:
@@ -107,6 +112,87 @@ def resolve_model(name: str) -> ModelSource:
     return ModelSource(name, "hub", name, None)
 
 
+# The families whose capture is parity-tested against output_attentions=True
+# (tests/test_capture.py, tests/test_decoders.py).
+SUPPORTED_FAMILIES = (
+    "BERT (MiniLM), RoBERTa, GPT-2, Llama, Mistral, Qwen2 (and other transformers models "
+    "whose attention goes through its attention interface)"
+)
+
+
+def check_capturable(name: str, config: dict[str, Any]) -> None:
+    """Refuse, in one line, a model whose self-attention the capture cannot see.
+
+    Args:
+        config: the model's ``config.json`` as a dict.
+
+    Raises:
+        LowrankError: remote code (an architecture transformers does not ship), an
+            encoder-decoder (T5, BART: relative biases, cross-attention), a model with no
+            attention heads (Mamba), or one whose attention bypasses transformers' attention
+            interface (DeBERTa, MPNet); the message names the architecture and lists the
+            supported families.
+    """
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    model_type = str(config.get("model_type"))
+    arch = (config.get("architectures") or [model_type])[0]
+
+    def refuse(reason: str) -> LowrankError:
+        return LowrankError(
+            f"model '{name}' ({arch}, model_type '{model_type}') {reason}: lowrank captures "
+            f"the self-attention of {SUPPORTED_FAMILIES}"
+        )
+
+    if model_type not in CONFIG_MAPPING:
+        if config.get("auto_map"):
+            raise refuse("needs remote code (auto_map in its config), which lowrank never runs")
+        raise refuse("is not an architecture this transformers version ships")
+    if config.get("is_encoder_decoder"):
+        raise refuse(
+            "is an encoder-decoder stack (relative-position biases added inside the attention, "
+            "cross-attention), whose attention cannot be captured"
+        )
+    settings = {k: v for k, v in config.items() if k != "model_type"}
+    try:
+        with quiet():
+            parsed = CONFIG_MAPPING[model_type](**settings)
+    except (TypeError, ValueError):  # loading reports a bad config; judge the family here
+        parsed = CONFIG_MAPPING[model_type]()
+    heads = getattr(parsed, "num_attention_heads", None)
+    if not isinstance(heads, int) or heads < 1:
+        raise refuse("has no attention layers")
+    base: Any = MODEL_MAPPING.get(type(parsed), None)
+    if isinstance(base, tuple):  # several classes for one config: the first is the default
+        base = base[0]
+    if base is None or not base.is_backend_compatible():
+        raise refuse(
+            "computes its attention outside transformers' attention interface, so it cannot "
+            "be captured"
+        )
+
+
+def _raw_config(source: ModelSource) -> dict[str, Any] | None:
+    """``config.json`` of a local or packaged model, or of a hub model already cached."""
+    import json
+
+    if source.kind != "hub":
+        try:
+            raw = json.loads((Path(source.location) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise LowrankError(f"'{source.name}': config.json is unreadable: {exc}") from exc
+        return raw if isinstance(raw, dict) else None
+    from transformers import PretrainedConfig
+
+    try:
+        with quiet():
+            raw, _ = PretrainedConfig.get_config_dict(source.location, local_files_only=True)
+    except (OSError, ValueError):
+        return None  # not cached: checked once loaded
+    return raw
+
+
 def _from_pretrained(location: str, local_only: bool, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
@@ -131,7 +217,12 @@ def _load_hub(source: ModelSource, dtype: torch.dtype) -> tuple[Any, Any]:
         )
     try:
         return _from_pretrained(source.location, False, dtype)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise LowrankError(
+                f"model '{source.name}' needs remote code, which lowrank never runs: lowrank "
+                f"captures the self-attention of {SUPPORTED_FAMILIES}"
+            ) from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LowrankError(f"could not load model '{source.name}' from the hub: {first}") from exc
 
@@ -142,7 +233,7 @@ def _shape(config: Any) -> tuple[int, int, int | None]:
     if not isinstance(layers, int) or not isinstance(heads, int):
         raise LowrankError(
             f"model type '{config.model_type}' has no num_hidden_layers/num_attention_heads: "
-            "lowrank captures BERT/RoBERTa-family encoders and GPT-2-style decoders"
+            f"lowrank captures the self-attention of {SUPPORTED_FAMILIES}"
         )
     positions = getattr(config, "max_position_embeddings", None)
     if config.model_type in ("roberta", "xlm-roberta", "camembert") and positions:
@@ -154,13 +245,17 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> Loaded
     """Load a model in eval mode (no dropout on P) with its tokenizer.
 
     Raises:
-        LowrankError: unknown or unreachable model, a folder that is not a model, or a model
-            whose config lacks layer/head counts.
+        LowrankError: unknown or unreachable model, a folder that is not a model, a model
+            whose attention cannot be captured (:func:`check_capturable`), or one whose config
+            lacks layer/head counts.
     """
     import torch
 
     torch_dtype = getattr(torch, dtype)
     source = resolve_model(name)
+    raw = _raw_config(source)
+    if raw is not None:  # before any weights or tokenizer are read
+        check_capturable(name, raw)
     if source.kind == "hub":
         model, tokenizer = _load_hub(source, torch_dtype)
         revision = getattr(model.config, "_commit_hash", None)
@@ -172,6 +267,7 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> Loaded
         except (OSError, ValueError, KeyError) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LowrankError(f"could not load a model from '{source.name}': {msg}") from exc
+    check_capturable(name, model.config.to_dict())
     layers, heads, positions = _shape(model.config)
     model.eval()
     model.to(device)

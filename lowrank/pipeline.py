@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lowrank.capture import AttentionCall, capture, valid_blocks
+from lowrank.capture import AttentionCall, PaddingSide, capture, padded_inputs, valid_blocks
 from lowrank.corpora import Sequences
 from lowrank.distributed import Team, merge_in_order
 from lowrank.errors import LowrankError
@@ -116,15 +116,22 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _spectra(
-    loaded: LoadedModel, ids: np.ndarray, lengths: np.ndarray, padded: bool, device: torch.device
+    loaded: LoadedModel,
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    padding: PaddingSide | None,
+    device: torch.device,
 ) -> np.ndarray:
-    """(b, L, H, n) singular values of one batch."""
+    """(b, L, H, n) singular values of one batch; ``padding`` is the side the batch is
+    padded on (None: every sequence is full length)."""
     n = ids.shape[1]
     lens = torch.from_numpy(lengths)
-    mask = (torch.arange(n)[None, :] < lens[:, None]).long().to(device)
+    side: PaddingSide = padding or "right"
+    inputs = padded_inputs(loaded.model, torch.from_numpy(ids).to(device), lens, side)
     sink = SpectrumSink(len(lengths), loaded.num_layers, loaded.num_heads, n)
-    with torch.inference_mode(), capture(loaded.model, sink, lens if padded else None) as seen:
-        loaded.model(input_ids=torch.from_numpy(ids).to(device), attention_mask=mask)
+    active = lens if padding else None
+    with torch.inference_mode(), capture(loaded.model, sink, active, padding_side=side) as seen:
+        loaded.model(**inputs)
         calls = seen()
     if calls == 0:
         raise LowrankError(
@@ -142,13 +149,13 @@ def _spectra_retrying(
     loaded: LoadedModel,
     ids: np.ndarray,
     lengths: np.ndarray,
-    padded: bool,
+    padding: PaddingSide | None,
     device: torch.device,
     warn: Callable[[str], None],
 ) -> list[np.ndarray]:
     """Spectra of a batch, halving it (recursively) when it runs out of memory."""
     try:
-        return [_spectra(loaded, ids, lengths, padded, device)]
+        return [_spectra(loaded, ids, lengths, padding, device)]
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
@@ -161,8 +168,8 @@ def _spectra_retrying(
             torch.cuda.empty_cache()
         half = len(lengths) // 2
         warn(f"out of memory on a batch of {len(lengths)}: retrying as batches of {half}")
-        return _spectra_retrying(loaded, ids[:half], lengths[:half], padded, device, warn) + (
-            _spectra_retrying(loaded, ids[half:], lengths[half:], padded, device, warn)
+        return _spectra_retrying(loaded, ids[:half], lengths[:half], padding, device, warn) + (
+            _spectra_retrying(loaded, ids[half:], lengths[half:], padding, device, warn)
         )
 
 
@@ -245,7 +252,9 @@ def analyse(
     total = len(sequences.lengths)
     stats, first = start or (SpectrumStats.empty(loaded.num_layers, loaded.num_heads, n, index), 0)
     indices = precision_indices or [index]
-    padded = bool((sequences.lengths < n).any())
+    padding: PaddingSide | None = (
+        getattr(sequences, "padding_side", "right") if (sequences.lengths < n).any() else None
+    )
     rank, world = (team.rank, team.world) if team is not None else (0, 1)
     began = time.perf_counter()
     result = PipelineResult(stats, 0, 0.0)
@@ -266,7 +275,7 @@ def analyse(
             if hi > lo:
                 tick = time.perf_counter()
                 ids, lengths = sequences.input_ids[lo:hi], sequences.lengths[lo:hi]
-                for part in _spectra_retrying(loaded, ids, lengths, padded, device, warn):
+                for part in _spectra_retrying(loaded, ids, lengths, padding, device, warn):
                     stats = stats.add(part)
                 result.compute_seconds += time.perf_counter() - tick
                 result.batches += 1

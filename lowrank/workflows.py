@@ -70,6 +70,7 @@ class Prepared:
             "seq_len": config.seq_len,
             "num_layers": self.loaded.num_layers,
             "num_heads": self.loaded.num_heads,
+            "causal": self.loaded.causal,  # a decoder: P is lower-triangular
             "seed": config.seed,
             "device": str(self.device),
             "dtype": config.dtype,

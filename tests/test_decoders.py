@@ -1,0 +1,303 @@
+"""Decoders as first-class models: Llama, Mistral, Qwen2 and GPT-2 capture parity, padding on
+either side, the causal flag, and one-line refusals of models whose attention cannot be seen.
+
+Every model is tiny and random, built from its config (grouped-query attention: fewer key/value
+heads than query heads; Mistral with a sliding window shorter than n); the reference is
+transformers' eager attention with ``output_attentions=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lowrank.capture import AttentionCall, capture, padded_inputs, valid_blocks
+from lowrank.cli import main
+from lowrank.corpora import build_sequences, data_dir, load_corpus, split_articles
+from lowrank.errors import LowrankError
+from lowrank.models import check_capturable, load_model
+from lowrank.pipeline import analyse
+from tests.helpers import reference_cumulative
+
+N = 40  # tokens per test sequence, longer than Mistral's window below
+
+
+def _tokenizer():
+    """A byte-level BPE on the sample text that starts every sequence with <s>, like Llama."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    text = (data_dir() / "sample_wiki.txt").read_text(encoding="utf-8")
+    bpe.train_from_iterator(
+        split_articles(text), vocab_size=300, special_tokens=["<s>", "</s>"], show_progress=False
+    )
+    bos = bpe.token_to_id("<s>")
+    bpe.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+
+
+def _decoder_config(family: str, vocab: int):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = {
+        "vocab_size": vocab,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,  # grouped-query attention
+        "max_position_embeddings": 128,
+        "initializer_range": 0.3,  # peaked attention
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+    }
+    if family == "llama":
+        return LlamaConfig(**common)
+    if family == "mistral":
+        return MistralConfig(**common, sliding_window=16)
+    return Qwen2Config(**common)
+
+
+@pytest.fixture(scope="module")
+def decoder_dirs(tmp_path_factory, gpt2_dir) -> dict[str, Path]:
+    from transformers import AutoModel
+
+    tokenizer = _tokenizer()
+    folders = {"gpt2": gpt2_dir}
+    for seed, family in enumerate(("llama", "mistral", "qwen2")):
+        folder = tmp_path_factory.mktemp(f"tiny-{family}")
+        torch.manual_seed(seed)
+        config = _decoder_config(family, len(tokenizer))
+        AutoModel.from_config(config).eval().save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders[family] = folder
+    return folders
+
+
+FAMILIES = ("gpt2", "llama", "mistral", "qwen2")
+
+
+def _reference_probs(model, ids: torch.Tensor) -> list[torch.Tensor]:
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        return list(model(input_ids=ids, output_attentions=True).attentions)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_captured_p_equals_output_attentions(decoder_dirs, family):
+    loaded = load_model(str(decoder_dirs[family]))
+    assert loaded.model_type == family and loaded.causal
+    vocab = loaded.model.config.vocab_size
+    ids = torch.randint(2, vocab, (2, N), generator=torch.Generator().manual_seed(0))
+    seen: list[torch.Tensor] = []
+    with torch.no_grad(), capture(loaded.model, lambda c: seen.append(c.probs.clone())):
+        loaded.model(input_ids=ids)
+    ref = _reference_probs(loaded.model, ids)
+    assert len(seen) == len(ref) == loaded.num_layers
+    for got, want in zip(seen, ref, strict=True):
+        assert got.shape == want.shape == (2, loaded.num_heads, N, N)
+        assert (got - want).abs().max() <= 1e-6
+        assert torch.equal(got, got.tril()), "a causal P is lower-triangular"
+    if family == "mistral":  # the sliding window (16) is respected: no key 16 or more back
+        rows, cols = torch.triu_indices(N, N, offset=16).flip(0)
+        assert seen[0][..., rows, cols].abs().max() == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decoder_spectra_match_the_reference(decoder_dirs, family):
+    loaded = load_model(str(decoder_dirs[family]))
+    seqs = build_sequences(load_corpus("sample-wiki", None), loaded.tokenizer, N, 3)
+    start = [] if family == "gpt2" else [loaded.tokenizer.bos_token_id]
+    assert seqs.policy["special_tokens"] == {"start": start, "end": []}
+    result = analyse(loaded, seqs, N // 4, batch_size=2)
+    ref = reference_cumulative(loaded.model, seqs.input_ids, seqs.lengths)
+    assert np.abs(result.stats.cumulative.mean - ref.mean(axis=0)).max() <= 1e-6
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_padded_batch_gives_each_sequence_alone(decoder_dirs, bert_dir, family, side):
+    folder = bert_dir if family == "bert" else decoder_dirs[family]
+    loaded = load_model(str(folder))
+    lengths = torch.tensor([N, 23, 9])
+    gen = torch.Generator().manual_seed(1)
+    pad = 0
+    ids = torch.full((3, N), pad)
+    alone = []
+    for row, m in enumerate(lengths.tolist()):
+        seq = torch.randint(2, 200, (m,), generator=gen)
+        if side == "left":
+            ids[row, N - m :] = seq
+        else:
+            ids[row, :m] = seq
+        alone.append(_reference_probs(loaded.model, seq[None]))
+    blocks: dict[int, list[torch.Tensor]] = {}
+
+    def sink(call: AttentionCall) -> None:
+        assert call.padding_side == side
+        for rows, block in valid_blocks(call):
+            for r, b in zip(rows.tolist(), block, strict=True):
+                blocks.setdefault(r, []).append(b.clone())
+
+    inputs = padded_inputs(loaded.model, ids, lengths, side)
+    with torch.no_grad(), capture(loaded.model, sink, lengths, padding_side=side):
+        loaded.model(**inputs)
+    for row, m in enumerate(lengths.tolist()):
+        for layer, want in enumerate(alone[row]):
+            got = blocks[row][layer]
+            assert got.shape == (loaded.num_heads, m, m)
+            assert (got - want[0]).abs().max() <= 1e-6, (row, layer)
+
+
+def test_left_padded_sequences_put_the_tokens_last(bert_dir):
+    loaded = load_model(str(bert_dir))
+    corpus = load_corpus("sample-imdb", None)
+    right = build_sequences(corpus, loaded.tokenizer, 64, 22, keep_short=True)
+    left = build_sequences(corpus, loaded.tokenizer, 64, 22, keep_short=True, padding_side="left")
+    assert left.padding_side == "left" and (left.lengths == right.lengths).all()
+    short = int(np.argmin(right.lengths))
+    m = int(right.lengths[short])
+    assert (left.input_ids[short, 64 - m :] == right.input_ids[short, :m]).all()
+    assert left.attention_mask[short].tolist() == [0] * (64 - m) + [1] * m
+    with pytest.raises(LowrankError, match="padding side"):
+        build_sequences(corpus, loaded.tokenizer, 64, 2, padding_side="middle")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_spectrum_pipeline_on_left_and_right_padding_agrees(decoder_dirs, bert_dir, family):
+    # the spectrum pipeline passes the padding side on: a left-padded batch gives the same
+    # statistics as the right-padded one (each valid block is its sequence run alone)
+    from lowrank.corpora import Sequences
+    from lowrank.pipeline import analyse
+
+    folder = bert_dir if family == "bert" else decoder_dirs[family]
+    loaded = load_model(str(folder))
+    n, lengths = 48, np.array([48, 31, 17, 48, 9, 40])
+    gen = np.random.default_rng(0)
+    tokens = gen.integers(5, loaded.model.config.vocab_size, (len(lengths), n))
+    pad = loaded.tokenizer.pad_token_id or 0
+    right = np.full((len(lengths), n), pad)
+    left = np.full((len(lengths), n), pad)
+    for row, m in enumerate(lengths):
+        right[row, :m] = tokens[row, :m]
+        left[row, n - m :] = tokens[row, :m]
+    device = torch.device("cpu")
+    stats = [
+        analyse(loaded, Sequences(ids, lengths, {}, side), 12, batch_size=3, device=device).stats
+        for ids, side in ((right, "right"), (left, "left"))
+    ]
+    np.testing.assert_allclose(stats[0].cumulative.mean, stats[1].cumulative.mean, atol=1e-6)
+    np.testing.assert_allclose(
+        stats[0].singular_values.mean, stats[1].singular_values.mean, atol=1e-6
+    )
+
+
+def test_spectrum_run_records_causal_and_the_figure_says_so(decoder_dirs, bert_dir, tmp_path):
+    from lowrank.figures import run_title
+    from lowrank.runs import read_run
+
+    for name, folder, causal in (("llama", decoder_dirs["llama"], True), ("bert", bert_dir, False)):
+        out = tmp_path / name
+        args = ["--model", str(folder), "--seq-len", "32", "--num-sequences", "2"]
+        res = CliRunner().invoke(main, ["spectrum", *args, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        meta = json.loads((out / "run.json").read_text())
+        assert meta["causal"] is causal
+        assert ("causal decoder: P lower-triangular" in run_title(read_run(out))) is causal
+
+
+def test_spectrum_help_explains_causal_attention():
+    res = CliRunner().invoke(main, ["spectrum", "--help"])
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    assert "lower-triangular" in text and "Llama, Mistral, Qwen2" in text
+
+
+def test_llama_loads_from_a_hub_id_in_the_local_cache(decoder_dirs, tmp_path, monkeypatch):
+    """The hub path: a snapshot laid out as huggingface_hub caches it, with the hub offline."""
+    from lowrank import models
+
+    repo = tmp_path / "hub" / "models--lowrank-tests--tiny-llama"
+    commit = "0" * 40
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in decoder_dirs["llama"].iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=5.0: False)
+    loaded = load_model("lowrank-tests/tiny-llama")
+    assert loaded.source.kind == "hub" and loaded.model_type == "llama" and loaded.causal
+    assert loaded.model.config.num_key_value_heads < loaded.num_heads
+
+
+# --- models whose attention cannot be captured -----------------------------------------------
+
+
+def _config_folder(tmp_path: Path, name: str, config: dict) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _t5_folder(tmp_path: Path) -> Path:
+    from transformers import T5Config
+
+    config = T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=50)
+    data = config.to_dict() | {"architectures": ["T5ForConditionalGeneration"]}
+    return _config_folder(tmp_path, "t5", data)
+
+
+def _mamba_folder(tmp_path: Path) -> Path:
+    from transformers import MambaConfig
+
+    config = MambaConfig(hidden_size=16, num_hidden_layers=1, vocab_size=50)
+    return _config_folder(tmp_path, "mamba", config.to_dict() | {"architectures": ["MambaModel"]})
+
+
+def _remote_folder(tmp_path: Path) -> Path:
+    config = {
+        "model_type": "lowrank-remote-thing",
+        "architectures": ["RemoteThingModel"],
+        "auto_map": {"AutoModel": "modeling_thing.RemoteThingModel"},
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
+    return _config_folder(tmp_path, "remote", config)
+
+
+@pytest.mark.parametrize(
+    ("build", "architecture", "reason"),
+    [
+        (_t5_folder, "T5ForConditionalGeneration", "encoder-decoder"),
+        (_mamba_folder, "MambaModel", "no attention layers"),
+        (_remote_folder, "RemoteThingModel", "remote code"),
+    ],
+)
+def test_uncapturable_models_get_one_line_and_exit_2(tmp_path, build, architecture, reason):
+    folder = build(tmp_path)
+    res = CliRunner().invoke(main, ["spectrum", "--model", str(folder), "--num-sequences", "1"])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert architecture in lines[0] and reason in lines[0]
+    assert "Llama, Mistral, Qwen2" in lines[0] and "GPT-2" in lines[0]
+    assert "Traceback" not in res.output
+
+
+def test_attention_outside_the_interface_is_refused():
+    from transformers import DebertaV2Config
+
+    config = DebertaV2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    with pytest.raises(LowrankError, match="outside transformers' attention interface"):
+        check_capturable("deberta", config.to_dict())
