@@ -75,7 +75,10 @@ class ProjectionSpec:
     def check(self, n: int) -> None:
         bad = [k for k in self.ks if not 0 < k <= n]
         if bad:
-            raise LowrankError(f"--k {bad[0]} is outside 1..n = {n}: choose k <= --seq-len")
+            raise LowrankError(
+                f"--k {bad[0]} is outside 1..n = {n}: choose k <= --seq-len (pass --k when "
+                "--seq-len is below a default k)"
+            )
         if self.draws < 1:
             raise LowrankError("--draws must be at least 1")
         if not (math.isfinite(self.delta) and self.delta > 0):

@@ -70,6 +70,11 @@ def run_efficiency(
         raise LowrankError("--n values must be at least 2")
     if any(k < 1 for k in ks):
         raise LowrankError("--k values must be positive")
+    if min(ks) >= max(ns):
+        raise LowrankError(
+            f"every --k ({', '.join(map(str, ks))}) is at least every --n: Linformer projects n "
+            "keys to k < n, so choose k below some n"
+        )
     if budget_gib is not None and not (math.isfinite(budget_gib) and budget_gib > 0):
         raise LowrankError(
             f"--memory-budget must be a finite number of GiB above 0, not {budget_gib}"

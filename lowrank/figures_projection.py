@@ -32,7 +32,13 @@ METRIC_LABEL = {
 }
 REFERENCE_STYLE: dict[str, dict[str, Any]] = {
     "svd": {"color": "k", "ls": "--", "label": "best rank-k of P (SVD)"},
-    "output-floor": {"color": "k", "ls": ":", "label": "output floor ||PV - (PV)_k||"},
+    "output-floor": {
+        "color": "k",
+        "ls": ":",
+        "marker": "x",
+        "ms": 3,
+        "label": "output floor ||PV - (PV)_k||",
+    },
     "zero": {"color": "0.55", "ls": "-.", "label": "zero attention"},
     "uniform": {"color": "0.55", "ls": "-", "label": "uniform attention"},
 }

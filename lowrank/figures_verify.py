@@ -123,7 +123,8 @@ def plot_verify_folder(folder: Path, out: Path | None = None, every: bool = Fals
         fig.suptitle(
             f"{meta['model']['name']} / {meta['corpus']['dataset']}, n = {meta['seq_len']}: "
             "measured failure rate (95% cluster-robust CI),\nbound dashed (where a proof gives "
-            "one), exact x, k at which the bound reaches the target dotted",
+            "one), exact x, k at which the bound reaches the target dotted;\n"
+            "no failure: a downward triangle at the upper end of its interval",
             fontsize="medium",
         )
         return save(fig, (out or folder / "figures") / "failure_vs_k")

@@ -296,8 +296,8 @@ def _summary(
                 cells = []
                 for ki in range(len(ks)):
                     lo, hi = t_interval(clusters[ki])
-                    half = (hi - lo) / 2 if np.isfinite(lo) else np.nan
-                    cells.append(f"{clusters[ki].mean():.3f}+-{half:.3f}")
+                    spread = f"{(hi - lo) / 2:.3f}" if np.isfinite(lo) else "n/a"  # one sequence
+                    cells.append(f"{clusters[ki].mean():.3f}+-{spread}")
                 click.echo(f"  {row:<22}" + "".join(f"{c:>16}" for c in cells))
         click.echo(
             "  -- against the trivial baselines (raw/scale-free; + beats zero and uniform "

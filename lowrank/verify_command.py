@@ -143,7 +143,10 @@ def validate(
         check_eps(e)
     bad = [k for k in ks if not 0 < k <= n]
     if bad:
-        raise LowrankError(f"--k {bad[0]} is outside 1..n = {n}: choose k <= --seq-len")
+        raise LowrankError(
+            f"--k {bad[0]} is outside 1..n = {n}: choose k <= --seq-len (pass --k when "
+            "--seq-len is below a default k)"
+        )
     if not 0 < target < 1:
         raise LowrankError(f"--target {target} is outside (0, 1)")
     if not (math.isfinite(delta) and delta > 0):
@@ -425,7 +428,7 @@ def _print(
     for statement in dict.fromkeys(r.statement for r in rows):
         click.echo(f"\n{statement}: {STATEMENTS[statement]}")
         click.echo(
-            f"  {'P':<18}{'w':<13}{'eps':>5}{'k':>5}  {'failure rate [95% CI]':<27}"
+            f"  {'P':<20}{'w':<16}{'eps':>5}{'k':>5}  {'failure rate [95% CI]':<27}"
             f"{'n_eff':>8}{'bound':>10}{'exact':>10}  verdict"
         )
         mine = [r for r in rows if r.statement == statement]
@@ -435,7 +438,7 @@ def _print(
             exact = "-" if r.exact is None else f"{r.exact:.3g}"
             verdict = r.verdict if r.verdict != "n/a" else "- (no bound)"
             click.echo(
-                f"  {r.source:<18}{r.vectors:<13}{r.eps:>5g}{r.k:>5}  "
+                f"  {r.source:<20}{r.vectors:<16}{r.eps:>5g}{r.k:>5}  "
                 f"{r.rate.rate:.4f} [{lo:.4f}, {hi:.4f}]  {r.rate.n_eff:>8.0f}{bound:>10}"
                 f"{exact:>10}  {verdict}"
             )

@@ -211,3 +211,12 @@ def test_format_1_folders_still_plot(tmp_path):
     (out / "efficiency.json").write_text(json.dumps(data))
     paths = plot_efficiency_folder(out)
     assert [p.suffix for p in paths] == [".pdf", ".png"]
+
+
+def test_k_at_least_every_n_is_one_line(tmp_path):
+    res = CliRunner().invoke(
+        main, ["efficiency", "--n", "256", "--k", "512", "--out", str(tmp_path / "e")]
+    )
+    assert res.exit_code == 2
+    assert "every --k (512) is at least every --n" in res.output
+    assert not (tmp_path / "e").exists()

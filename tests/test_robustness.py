@@ -279,3 +279,21 @@ def test_run_reader_raises_only_the_domain_error(good_run, tmp_path_factory, whi
         return
     assert run.stats.count == 7  # whatever survived must still be a whole, valid run
     assert torch.isfinite(torch.from_numpy(run.stats.cumulative.mean)).all()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_precision_is_one_line(roberta_dir, tmp_path, value):
+    res = _spectrum(roberta_dir, tmp_path / "p", "--precision", value)
+    assert res.exit_code == 2
+    assert f"--precision {value} must be a finite number > 0" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "p").exists()
+
+
+def test_verify_drops_repeated_eps(roberta_dir, tmp_path):
+    args = ["verify", "--model", str(roberta_dir), "--seq-len", str(SEQ_LEN), "--k", "8"]
+    args += ["--eps", "0.5,0.5", "--num-sequences", "1", "--inverse-temperatures", "1"]
+    args += ["--synthetic-count", "1", "--jl-trials", "10", "--no-theorem2"]
+    res = _invoke(*args, "--out", str(tmp_path / "v"))
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "v" / "run.json").read_text())
+    assert meta["eps"] == [0.5]
