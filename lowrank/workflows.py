@@ -273,6 +273,13 @@ def _team_body(job: _Job, team: Any, verbose: bool) -> None:
         err=True,
     )
     _warn_index(job.config.seq_len)
+    batches = -(-len(prep.sequences.lengths) // job.config.batch_size)
+    if team.lead and batches < team.world:
+        _warn(
+            f"{len(prep.sequences.lengths)} sequences make {batches} batch(es) of "
+            f"{job.config.batch_size} for {team.world} ranks: {team.world - batches} rank(s) "
+            "will idle; a smaller --batch-size spreads them"
+        )
     with _bar(job, prep, starts, disable=not team.lead) as bar:
         result = _analyse(job, prep, start, bar.update, team)
     share = _share(team.rank, prep, result)
