@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lowrank.capture import AttentionCall, capture
+from lowrank.capture import AttentionCall, Override, capture
 from lowrank.corpora import Sequences
-from lowrank.errors import LowrankError
+from lowrank.errors import LowrankError, require_finite_positive
 from lowrank.projection import (
     BASELINES,
     JL_METHODS,
@@ -81,8 +81,7 @@ class ProjectionSpec:
             )
         if self.draws < 1:
             raise LowrankError("--draws must be at least 1")
-        if not (math.isfinite(self.delta) and self.delta > 0):
-            raise LowrankError(f"--delta {self.delta} must be a finite number > 0")
+        require_finite_positive("--delta", self.delta)
         if not self.estimators or set(self.estimators) - set(ESTIMATORS):
             raise LowrankError(f"--estimator takes {', '.join(ESTIMATORS)}")
 
@@ -308,7 +307,7 @@ def summarize(samples: np.ndarray) -> dict[str, np.ndarray]:
 
 def linformer_override(
     bank: ProjectionBank,
-) -> Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], Any]:
+) -> Override:
     """An attention override that projects every layer's keys and values with ``bank``."""
 
     def override(
@@ -337,9 +336,7 @@ def linformer_override(
     return override
 
 
-def baseline_override(
-    baseline: str, causal: bool
-) -> Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], Any]:
+def baseline_override(baseline: str, causal: bool) -> Override:
     """An attention override that replaces every layer's attention by a trivial one:
     ``zero`` (output 0) or ``uniform`` (rows of P equal over the valid keys)."""
 

@@ -6,7 +6,6 @@ Every command turns a :class:`lowrank.LowrankError` into one line on stderr and 
 from __future__ import annotations
 
 import functools
-import math
 import shlex
 import sys
 import time
@@ -28,7 +27,7 @@ from lowrank.config import (
     Policy,
     SpectrumConfig,
 )
-from lowrank.errors import LowrankError
+from lowrank.errors import LowrankError, require_finite_positive
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -258,8 +257,8 @@ def spectrum(**opts: Any) -> None:
     from lowrank.workflows import run_spectrum
 
     precision = opts.pop("precision")
-    if precision is not None and not math.isfinite(precision):
-        raise LowrankError(f"--precision {precision} must be a finite number > 0")
+    if precision is not None:
+        require_finite_positive("--precision", precision)
     out, overwrite, plot = opts.pop("out"), opts.pop("overwrite"), opts.pop("plot")
     shard, resume, every = (
         parse_shard(opts.pop("shard")),

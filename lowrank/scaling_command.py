@@ -291,7 +291,7 @@ def _length_meta(
     import socket
 
     from lowrank.runs import FORMAT, FORMAT_VERSION
-    from lowrank.workflows import figure_indices
+    from lowrank.workflows import precision_record
 
     return {
         "format": FORMAT,
@@ -318,14 +318,7 @@ def _length_meta(
             }
         ],
         "resumed_from": None,
-        "precision": None
-        if precision is None
-        else {
-            "target": precision,
-            "achieved_half_width": res.half_width,
-            "indices": figure_indices(res.n),
-            "stopped_early": res.stopped_early,
-        },
+        "precision": precision_record(precision, res, res.n),
         "versions": ctx.versions,
         "analysis_seconds": round(res.seconds, 3),
         "elapsed_seconds": round(time.perf_counter() - ctx.started, 3),

@@ -21,7 +21,7 @@ import torch
 
 from lowrank.capture import AttentionCall, capture
 from lowrank.config import SpectrumConfig
-from lowrank.errors import LowrankError
+from lowrank.errors import LowrankError, require_finite_positive
 from lowrank.projection import seeded_generator
 from lowrank.runs import check_out_dir, write_csv, write_run
 from lowrank.stats import ClusteredRate
@@ -149,8 +149,7 @@ def validate(
         )
     if not 0 < target < 1:
         raise LowrankError(f"--target {target} is outside (0, 1)")
-    if not (math.isfinite(delta) and delta > 0):
-        raise LowrankError(f"--delta {delta} must be a finite number > 0")
+    require_finite_positive("--delta", delta)
     for beta in inverse_temperatures:
         if not (math.isfinite(beta) and beta > 0):
             raise LowrankError(

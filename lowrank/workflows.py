@@ -489,14 +489,7 @@ def _finish(job: _Job, prep: Prepared, stats: Any, result: Any, ranks: dict[str,
         "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
         **ranks,
         "resumed_from": job.resumed_from,
-        "precision": None
-        if precision is None
-        else {
-            "target": precision,
-            "achieved_half_width": result.half_width,
-            "indices": figure_indices(config.seq_len),
-            "stopped_early": result.stopped_early,
-        },
+        "precision": precision_record(precision, result, config.seq_len),
         "versions": job.versions,
         "analysis_seconds": round(result.seconds, 3),
         "elapsed_seconds": round(job.clock() - job.started, 3),
@@ -624,6 +617,19 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def precision_record(precision: float | None, result: Any, n: int) -> dict[str, Any] | None:
+    """run.json's ``precision``: the target, the 95% half-width reached over the mean c
+    values the figures read, those indices, and whether the run stopped early."""
+    if precision is None:
+        return None
+    return {
+        "target": precision,
+        "achieved_half_width": result.half_width,
+        "indices": figure_indices(n),
+        "stopped_early": result.stopped_early,
+    }
 
 
 def figure_indices(n: int) -> list[int]:
