@@ -216,7 +216,7 @@ def plot_error_heatmap(
         annot=layers * heads <= 96,
         fmt=".2f",
         annot_kws={"fontsize": 4.5},
-        cbar_kws={"label": "mean relative error"},
+        cbar_kws={"label": "mean " + KIND_LABEL[kind].split(": ", 1)[1]},
         xticklabels=list(range(1, heads + 1)),
         yticklabels=list(range(layers, 0, -1)),
     )
