@@ -92,9 +92,9 @@ def _memory_child(layers: int) -> None:
     """Run the compare sink on a random BERT-shaped model; print peak RSS above baseline."""
     from transformers import BertConfig, BertModel
 
-    from lowrank.compare_sink import CompareSpec, measure
-    from lowrank.corpora import Sequences
-    from lowrank.models import LoadedModel, ModelSource
+    from lowrank.comparisons.sink import CompareSpec, measure
+    from lowrank.inputs.corpora import Sequences
+    from lowrank.inputs.models import LoadedModel, ModelSource
 
     class _Tokenizer:
         all_special_ids = (101, 102)

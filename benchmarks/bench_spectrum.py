@@ -11,7 +11,7 @@ Sections (all timings on the same sequences, in one process, after a warm-up):
   candidate: accuracy of c against numpy float64 SVD, and milliseconds per matrix.
 * pipeline -- sequences/s of: naive (``output_attentions=True`` with eager attention, then
   numpy float64 SVD matrix by matrix, as most users first write it: ``np.linalg.svd(P)``, and
-  the variant with ``compute_uv=False``); lowrank (``lowrank.pipeline.analyse``); floor (the
+  the variant with ``compute_uv=False``); lowrank (``lowrank.spectra.pipeline.analyse``); floor (the
   model's own forward pass plus batched singular values of the same P, timed apart).
 * memory   -- peak resident memory above the loaded model, each variant in a fresh process,
   for randomly initialised RoBERTa-large-shaped models of 6 and 24 layers (16 heads, width
@@ -39,8 +39,8 @@ HERE = Path(__file__).parent
 
 
 def _minilm_batch(count: int):
-    from lowrank.corpora import build_sequences, load_corpus
-    from lowrank.models import load_model
+    from lowrank.inputs.corpora import build_sequences, load_corpus
+    from lowrank.inputs.models import load_model
 
     loaded = load_model("minilm")
     seqs = build_sequences(load_corpus("sample-wiki", None), loaded.tokenizer, 512, count)
@@ -48,7 +48,7 @@ def _minilm_batch(count: int):
 
 
 def _captured_probs(loaded, ids: np.ndarray) -> torch.Tensor:
-    from lowrank.capture import capture
+    from lowrank.hooks.attention import capture
 
     probs: list[torch.Tensor] = []
     with torch.inference_mode(), capture(loaded.model, lambda c: probs.append(c.probs.clone())):
@@ -74,7 +74,7 @@ def _timed(fn, repeat: int = 1):
 def kernels(count: int) -> list[dict]:
     import scipy.linalg
 
-    from lowrank.spectra import singular_values
+    from lowrank.spectra.maths import singular_values
 
     loaded, seqs = _minilm_batch(count)
     p = _captured_probs(loaded, seqs.input_ids)  # (M, n, n)
@@ -110,8 +110,8 @@ def kernels(count: int) -> list[dict]:
 
 
 def pipeline(count: int, batch: int) -> dict:
-    from lowrank.pipeline import analyse
-    from lowrank.spectra import DEFAULT_SVD, default_workers, singular_values
+    from lowrank.spectra.maths import DEFAULT_SVD, default_workers, singular_values
+    from lowrank.spectra.pipeline import analyse
 
     loaded, seqs = _minilm_batch(count)
     model, ids = loaded.model, seqs.input_ids
@@ -191,9 +191,9 @@ def _memory_child(layers: int, variant: str) -> None:
     """Run one variant on a random RoBERTa-large-shaped model; print peak RSS above baseline."""
     from transformers import RobertaConfig, RobertaModel
 
-    from lowrank.corpora import Sequences
-    from lowrank.models import LoadedModel, ModelSource
-    from lowrank.pipeline import analyse
+    from lowrank.inputs.corpora import Sequences
+    from lowrank.inputs.models import LoadedModel, ModelSource
+    from lowrank.spectra.pipeline import analyse
 
     torch.manual_seed(0)
     cfg = RobertaConfig(

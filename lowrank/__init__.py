@@ -1,6 +1,68 @@
-"""lowrank: how low-rank is self-attention, and how well do Linformer projections fit it?"""
+"""lowrank: how low-rank is self-attention, and how well do Linformer projections fit it?
+
+The public API (see ``lowrank.api``)::
+
+    import lowrank
+    res = lowrank.spectrum(model, tokenizer, texts, seq_len=512)
+    res.summary()
+
+Importing ``lowrank`` does no work: torch and transformers load on first use of a function.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from lowrank.errors import LowrankError
 
+if TYPE_CHECKING:
+    from lowrank.api import (
+        Captured,
+        CompareResult,
+        EfficiencyResult,
+        ProjectionResult,
+        RunResult,
+        ScalingResult,
+        SpectrumResult,
+        VerifyResult,
+        capture,
+        compare,
+        efficiency,
+        load,
+        merge,
+        project,
+        scaling,
+        spectrum,
+        verify,
+    )
+
 __version__ = "0.1.0"
-__all__ = ["LowrankError", "__version__"]
+__all__ = [
+    "Captured",
+    "CompareResult",
+    "EfficiencyResult",
+    "LowrankError",
+    "ProjectionResult",
+    "RunResult",
+    "ScalingResult",
+    "SpectrumResult",
+    "VerifyResult",
+    "__version__",
+    "capture",
+    "compare",
+    "efficiency",
+    "load",
+    "merge",
+    "project",
+    "scaling",
+    "spectrum",
+    "verify",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from lowrank import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lowrank' has no attribute {name!r}")

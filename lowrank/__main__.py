@@ -4,8 +4,8 @@ import os
 import sys
 
 from lowrank.cli import main
-from lowrank.distributed import check_command
 from lowrank.errors import LowrankError
+from lowrank.runs.distributed import check_command
 
 if __name__ == "__main__":
     try:

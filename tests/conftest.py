@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowrank.corpora import data_dir, split_articles
-from lowrank.models import package_model_dir
+from lowrank.inputs.corpora import data_dir, split_articles
+from lowrank.inputs.models import package_model_dir
 from tests.helpers import SEQ_LEN
 
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from lowrank.capture import AttentionCall, capture, valid_blocks
-from lowrank.config import heatmap_index
-from lowrank.corpora import build_sequences, load_corpus
 from lowrank.errors import LowrankError
-from lowrank.models import load_model
-from lowrank.pipeline import SpectrumSink, analyse
+from lowrank.hooks.attention import AttentionCall, capture, valid_blocks
+from lowrank.inputs.corpora import build_sequences, load_corpus
+from lowrank.inputs.models import load_model
+from lowrank.spectra.config import heatmap_index
+from lowrank.spectra.pipeline import SpectrumSink, analyse
 from tests.helpers import SEQ_LEN, reference_cumulative
 
 
@@ -133,7 +133,7 @@ def test_causal_decoder_parity_and_no_special_tokens(gpt2_dir):
 
 
 def test_two_halves_merge_to_the_whole_run(roberta, wiki_sequences):
-    from lowrank.corpora import Sequences
+    from lowrank.inputs.corpora import Sequences
 
     seqs = wiki_sequences
     whole = analyse(roberta, seqs, 12, batch_size=4).stats

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from lowrank.cli import main
-from lowrank.models import load_model
-from lowrank.runs import read_run
+from lowrank.inputs.models import load_model
+from lowrank.runs.folders import read_run
 from tests.helpers import SEQ_LEN, reference_cumulative
 
 

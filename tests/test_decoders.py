@@ -16,12 +16,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lowrank.capture import AttentionCall, capture, padded_inputs, valid_blocks
 from lowrank.cli import main
-from lowrank.corpora import build_sequences, data_dir, load_corpus, split_articles
 from lowrank.errors import LowrankError
-from lowrank.models import check_capturable, load_model
-from lowrank.pipeline import analyse
+from lowrank.hooks.attention import AttentionCall, capture, padded_inputs, valid_blocks
+from lowrank.inputs.corpora import build_sequences, data_dir, load_corpus, split_articles
+from lowrank.inputs.models import check_capturable, load_model
+from lowrank.spectra.pipeline import analyse
 from tests.helpers import reference_cumulative
 
 N = 40  # tokens per test sequence, longer than Mistral's window below
@@ -174,8 +174,8 @@ def test_left_padded_sequences_put_the_tokens_last(bert_dir):
 def test_spectrum_pipeline_on_left_and_right_padding_agrees(decoder_dirs, bert_dir, family):
     # the spectrum pipeline passes the padding side on: a left-padded batch gives the same
     # statistics as the right-padded one (each valid block is its sequence run alone)
-    from lowrank.corpora import Sequences
-    from lowrank.pipeline import analyse
+    from lowrank.inputs.corpora import Sequences
+    from lowrank.spectra.pipeline import analyse
 
     folder = bert_dir if family == "bert" else decoder_dirs[family]
     loaded = load_model(str(folder))
@@ -200,8 +200,8 @@ def test_spectrum_pipeline_on_left_and_right_padding_agrees(decoder_dirs, bert_d
 
 
 def test_spectrum_run_records_causal_and_the_figure_says_so(decoder_dirs, bert_dir, tmp_path):
-    from lowrank.figures import run_title
-    from lowrank.runs import read_run
+    from lowrank.plots.spectrum import run_title
+    from lowrank.runs.folders import read_run
 
     for name, folder, causal in (("llama", decoder_dirs["llama"], True), ("bert", bert_dir, False)):
         out = tmp_path / name
@@ -222,7 +222,7 @@ def test_spectrum_help_explains_causal_attention():
 
 def test_llama_loads_from_a_hub_id_in_the_local_cache(decoder_dirs, tmp_path, monkeypatch):
     """The hub path: a snapshot laid out as huggingface_hub caches it, with the hub offline."""
-    from lowrank import models
+    from lowrank.inputs import models as models
 
     repo = tmp_path / "hub" / "models--lowrank-tests--tiny-llama"
     commit = "0" * 40

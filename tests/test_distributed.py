@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowrank.cli import main
-from lowrank.distributed import (
+from lowrank.errors import LowrankError
+from lowrank.runs.distributed import (
     check_command,
     choose_backend,
     collective_timeout,
@@ -31,10 +32,9 @@ from lowrank.distributed import (
     launch_from_env,
     merge_in_order,
 )
-from lowrank.errors import LowrankError
-from lowrank.pipeline import deal, half_width, tracked
-from lowrank.runs import read_checkpoint, read_run, write_checkpoint
-from lowrank.stats import RunningMoments, SpectrumStats
+from lowrank.runs.folders import read_checkpoint, read_run, write_checkpoint
+from lowrank.runs.stats import RunningMoments, SpectrumStats
+from lowrank.spectra.pipeline import deal, half_width, tracked
 from tests.helpers import SEQ_LEN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,7 +213,7 @@ def test_backend_without_a_launch_only_warns(roberta_dir, tmp_path):
 
 FAULTY = """
 import os, time
-from lowrank import pipeline
+from lowrank.spectra import pipeline
 from lowrank.cli import main
 
 real, calls = pipeline._spectra, [0]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lowrank import efficiency
 from lowrank.cli import main
-from lowrank.efficiency import (
+from lowrank.costs import timing as efficiency
+from lowrank.costs.timing import (
     Measurement,
     budget_memory_saving,
     interleaved_order,
@@ -20,8 +20,8 @@ from lowrank.efficiency import (
     spread,
     time_interleaved,
 )
-from lowrank.figures_efficiency import plot_efficiency_folder
-from lowrank.linformer import ExactSelfAttention
+from lowrank.plots.costs import plot_efficiency_folder
+from lowrank.projections.linformer import ExactSelfAttention
 
 TINY = ["--hidden", "16", "--heads", "2", "--ffn", "32", "--layers", "1", "--device", "cpu"]
 MIB = 2**20

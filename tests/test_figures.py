@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.image import imread
 
-from lowrank import models
 from lowrank.cli import main
-from lowrank.figures import (
+from lowrank.inputs import models as models
+from lowrank.plots.spectrum import (
     figure1,
     heatmap_values,
     paper_style,
@@ -21,7 +21,7 @@ from lowrank.figures import (
     plot_layer_summary,
     shared_limits,
 )
-from lowrank.runs import read_run
+from lowrank.runs.folders import read_run
 from tests.helpers import SEQ_LEN
 
 

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from lowrank.cli import main
-from lowrank.efficiency import Measurement, crossover, largest_batch, speedup_table
-from lowrank.linformer import (
+from lowrank.costs.timing import Measurement, crossover, largest_batch, speedup_table
+from lowrank.projections.linformer import (
     ExactSelfAttention,
     LinformerSelfAttention,
     exact_twin,

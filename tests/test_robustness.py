@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lowrank import pipeline
 from lowrank.cli import main
-from lowrank.corpora import load_corpus
 from lowrank.errors import LowrankError
-from lowrank.runs import read_run
+from lowrank.inputs.corpora import load_corpus
+from lowrank.runs.folders import read_run
+from lowrank.spectra import pipeline
 from tests.helpers import SEQ_LEN
 
 
@@ -142,7 +142,7 @@ def test_partial_run_needs_resume_or_overwrite(roberta_dir, tmp_path):
 def test_model_without_attention_heads_is_one_line(tmp_path):
     from transformers import AutoTokenizer, ConvNextConfig, ConvNextModel
 
-    from lowrank.models import package_model_dir
+    from lowrank.inputs.models import package_model_dir
 
     folder = tmp_path / "convnext"
     ConvNextModel(ConvNextConfig(hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1])).save_pretrained(

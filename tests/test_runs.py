@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lowrank.errors import LowrankError
-from lowrank.runs import FORMAT, check_out_dir, read_run, stats_arrays, write_run
-from lowrank.stats import SpectrumStats
+from lowrank.runs.folders import FORMAT, check_out_dir, read_run, stats_arrays, write_run
+from lowrank.runs.stats import SpectrumStats
 
 
 def _run(tmp_path, name="run"):

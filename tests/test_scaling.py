@@ -13,13 +13,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lowrank.capture import AttentionCall, capture
 from lowrank.cli import main
 from lowrank.errors import LowrankError
-from lowrank.models import load_model
-from lowrank.pipeline import analyse
-from lowrank.runs import read_run
-from lowrank.scaling import (
+from lowrank.hooks.attention import AttentionCall, capture
+from lowrank.inputs.models import load_model
+from lowrank.lengths.fits import (
     ALL_MEASURES,
     MEASURES,
     aic,
@@ -31,12 +29,14 @@ from lowrank.scaling import (
     rank_measures,
     verdict,
 )
-from lowrank.scaling_command import (
+from lowrank.lengths.workflow import (
     ScalingSink,
     choose_batch,
     estimate_bytes,
     read_scaling_run,
 )
+from lowrank.runs.folders import read_run
+from lowrank.spectra.pipeline import analyse
 from tests.helpers import reference_cumulative
 
 NS = (8, 16, 32, 64)
@@ -280,7 +280,7 @@ def test_scaling_writes_one_spectrum_run_per_n(tiny_scaling, bert_dir):
         assert run.meta["sequence_policy"]["policy"] == "nested"
         ids[n] = run.input_ids
         # the same statistics as the spectrum pipeline on the same sequences ...
-        from lowrank.corpora import Sequences
+        from lowrank.inputs.corpora import Sequences
 
         seqs = Sequences(run.input_ids, np.full(DOCS, n))
         spectrum = analyse(loaded, seqs, run.stats.index, batch_size=3).stats
@@ -362,7 +362,7 @@ def test_precision_stops_each_n_and_fits_the_shared_documents(bert_dir, tmp_path
 
 @pytest.mark.slow
 def test_scaling_figures_are_drawn(tiny_scaling):
-    from lowrank.figures_scaling import plot_scaling_folder
+    from lowrank.plots.lengths import plot_scaling_folder
 
     out, _ = tiny_scaling
     written = plot_scaling_folder(out)

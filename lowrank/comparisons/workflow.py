@@ -1,0 +1,351 @@
+"""``lowrank compare``: the command's workflow, its conclusions and its summary.
+
+:mod:`lowrank.comparisons.sink` measures; here the winners per head and budget are picked, the
+low-rank against sparse advantage is related to each head's entropy (Spearman's rho with a
+bootstrap interval), Scatterbrain is set against its two parts, and the run folder is
+written.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from lowrank.comparisons.methods import (
+    ACCOUNTING,
+    BASELINES,
+    CAUSAL_OK,
+    FAMILIES,
+    METRICS,
+    budget_cost,
+    scatterbrain_split,
+)
+from lowrank.comparisons.sink import (
+    HEAD_STATS,
+    PARITY_TOLERANCE,
+    CompareSpec,
+    measure,
+)
+from lowrank.errors import LowrankError
+from lowrank.spectra.config import SpectrumConfig
+
+METRIC_KEY: dict[str, str] = {
+    "output": "output_error",
+    "probs": "probs_error",
+    "output-scaled": "output_scaled_error",
+}
+METRIC_LABEL: dict[str, str] = {
+    "output_error": "output error ||P~V - PV|| / ||PV||",
+    "probs_error": "attention error ||P~ - P||_F / ||P||_F",
+    "output_scaled_error": "scale-free output error min_a ||a P~V - PV|| / ||PV||",
+    "output_cosine": "output cosine",
+}
+
+
+def parse_number_list(text: str, option: str) -> tuple[int, ...]:
+    """``"16,32,64"`` -> (16, 32, 64); anything but whole numbers is a one-line error."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise LowrankError(f"{option}: give at least one value")
+    out = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise LowrankError(f"{option}: {item!r} is not a number") from None
+        if not math.isfinite(value) or value != int(value):
+            raise LowrankError(f"{option}: {item!r} is not a whole number")
+        out.append(int(value))
+    return tuple(out)
+
+
+def parse_float(text: str, option: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise LowrankError(f"{option}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise LowrankError(f"{option}: {text!r} is not a finite number")
+    return value
+
+
+def parse_families(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in str(text).split(",") if t.strip())
+    for name in names:
+        if name not in FAMILIES:
+            raise LowrankError(f"--families: unknown family '{name}' ({', '.join(FAMILIES)})")
+    if not names:
+        raise LowrankError("--families: give at least one family")
+    return tuple(dict.fromkeys(names))
+
+
+# --- conclusions ---------------------------------------------------------------------------
+
+
+def winners(table: np.ndarray, rows: tuple[str, ...], exclude: tuple[str, ...] = ()) -> np.ndarray:
+    """Index (into ``rows``) of the family with the least error; baselines and ``exclude``
+    (e.g. :data:`ORACLES`, for the families that need only Q and K) left out.
+
+    Args:
+        table: (F, K, L, H) mean errors, NaN where not applicable.
+
+    Returns:
+        (K, L, H) int, -1 where no family applies.
+    """
+    candidates = [i for i, r in enumerate(rows) if r not in BASELINES + exclude]
+    if not candidates:
+        return np.full(table.shape[1:], -1)
+    sub = table[candidates]
+    finite = np.isfinite(sub).any(axis=0)
+    best = np.argmin(np.where(np.isfinite(sub), sub, np.inf), axis=0)
+    return np.where(finite, np.asarray(candidates)[best], -1)
+
+
+def rank_correlation(
+    x: np.ndarray, y: np.ndarray, draws: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Spearman's rho of (x, y) with a 95% percentile bootstrap interval over the points.
+
+    Returns:
+        ``{"rho", "low", "high", "points"}``; NaN where fewer than 4 finite points or a
+        constant variable leave rho undefined.
+    """
+    from scipy.stats import rankdata
+
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = np.asarray(x)[keep], np.asarray(y)[keep]
+    nan = {"rho": math.nan, "low": math.nan, "high": math.nan, "points": int(keep.sum())}
+    if len(x) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return nan
+
+    def rho(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
+        ra -= ra.mean(axis=-1, keepdims=True)
+        rb -= rb.mean(axis=-1, keepdims=True)
+        den = np.sqrt((ra**2).sum(-1) * (rb**2).sum(-1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.asarray((ra * rb).sum(-1) / den)
+
+    pick = np.random.default_rng(seed).integers(0, len(x), (draws, len(x)))
+    boot = rho(x[pick], y[pick])
+    low, high = np.nanpercentile(boot, [2.5, 97.5])
+    return {"rho": float(rho(x, y)), "low": float(low), "high": float(high), "points": len(x)}
+
+
+def findings(arrays: dict[str, np.ndarray], spec: CompareSpec) -> list[dict[str, Any]]:
+    """Per budget: winner counts, sparse against low-rank and its relation to entropy, and
+    Scatterbrain against the better of its two parts."""
+    rows = spec.rows
+    key = METRIC_KEY[spec.metric]
+    table = arrays[f"{key}_mean"]  # (F, K, L, H)
+    best = winners(table, rows)
+    practical = winners(table, rows, spec.oracles)
+    entropy = arrays["entropy_mean"].ravel()
+    index = {r: i for i, r in enumerate(rows)}
+    out = []
+    for ki, b in enumerate(spec.budgets):
+        entry: dict[str, Any] = {
+            "budget": b,
+            "metric": key,
+            "heads": int(best[ki].size),
+            "winners": _counts(best[ki], rows),
+            "winners_from_q_k": _counts(practical[ki], rows),
+        }
+        if "lowrank-oracle" in index and "sparse-oracle" in index:
+            low = table[index["lowrank-oracle"], ki].ravel()
+            sparse = table[index["sparse-oracle"], ki].ravel()
+            if np.isfinite(low).any():
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    advantage = np.log(sparse / low)  # > 0: low-rank is better
+                entry["sparse_vs_lowrank"] = {
+                    "sparse": int((sparse < low).sum()),
+                    "lowrank": int((low < sparse).sum()),
+                    "entropy_spearman": rank_correlation(entropy, advantage, seed=spec.seed),
+                }
+        sb = _scatterbrain_parts(spec, index)
+        if sb is not None:
+            parts = np.fmin(table[index[sb[0]], ki], table[index[sb[1]], ki]).ravel()
+            mine = table[index["scatterbrain"], ki].ravel()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = mine / parts
+            if np.isfinite(ratio).any():
+                entry["scatterbrain"] = {
+                    "parts": list(sb),
+                    "split": list(scatterbrain_split(b, spec.split)),
+                    "beats_both": int((ratio < 1).sum()),
+                    "median_ratio": float(np.nanmedian(ratio)),
+                }
+        out.append(entry)
+    return out
+
+
+def _counts(best: np.ndarray, rows: tuple[str, ...]) -> dict[str, int]:
+    counts = {rows[i]: int((best == i).sum()) for i in np.unique(best) if i >= 0}
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _scatterbrain_parts(spec: CompareSpec, index: dict[str, int]) -> tuple[str, str] | None:
+    sparse = "lsh" if spec.support == "lsh" else "sparse-oracle-renorm"
+    if all(name in index for name in ("scatterbrain", sparse, "performer")):
+        return sparse, "performer"
+    return None
+
+
+def finding_text(entry: dict[str, Any], num_sequences: int) -> str:
+    """One paragraph stating the finding at one budget."""
+    b, heads = entry["budget"], entry["heads"]
+    parts = [f"At b = {b}, on {METRIC_LABEL[entry['metric']]} (mean over {num_sequences} seq.):"]
+    versus = entry.get("sparse_vs_lowrank")
+    if versus is not None:
+        parts.append(
+            f"the sparse oracle beats the low-rank oracle on {versus['sparse']} of {heads} "
+            f"heads, low-rank wins on {versus['lowrank']};"
+        )
+        c = versus["entropy_spearman"]
+        if not math.isfinite(c["rho"]):
+            parts.append("its relation to entropy is undefined (too few heads).")
+        elif c["low"] <= 0 <= c["high"]:
+            parts.append(
+                "the advantage of low-rank over sparse, log(err sparse / err low-rank), shows "
+                f"no clear relationship with entropy (Spearman rho = {c['rho']:.2f}, 95% "
+                f"bootstrap CI {c['low']:.2f} to {c['high']:.2f} contains 0)."
+            )
+        else:
+            trend = "rises" if c["rho"] > 0 else "falls"
+            parts.append(
+                f"the advantage of low-rank over sparse, log(err sparse / err low-rank), "
+                f"{trend} with entropy (Spearman rho = {c['rho']:.2f}, 95% bootstrap CI "
+                f"{c['low']:.2f} to {c['high']:.2f}, over {c['points']} heads)."
+            )
+    ranked = ", ".join(f"{name} {count}" for name, count in entry["winners"].items())
+    parts.append(f"Best family per head: {ranked}.")
+    if entry["winners_from_q_k"]:
+        ranked = ", ".join(f"{n} {c}" for n, c in entry["winners_from_q_k"].items())
+        parts.append(f"Among the families that need only Q and K: {ranked}.")
+    sb = entry.get("scatterbrain")
+    if sb is not None:
+        s, m = sb["split"]
+        kind = "top-score" if sb["parts"][0].startswith("sparse") else sb["parts"][0]
+        verdict = "beats" if sb["median_ratio"] < 1 else "does not beat"
+        parts.append(
+            f"Scatterbrain ({s} {kind} keys + {m} features) {verdict} the better of "
+            f"{sb['parts'][0]} and {sb['parts'][1]} at the same budget: better on "
+            f"{sb['beats_both']} of {heads} heads, median error ratio {sb['median_ratio']:.2f}."
+        )
+    return " ".join(parts)
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def run_compare(
+    config: SpectrumConfig,
+    spec: CompareSpec,
+    out: Path,
+    overwrite: bool,
+    plot: bool,
+    command: str,
+    versions: dict[str, str],
+    created: str,
+    workers: int | None = None,
+) -> Path:
+    """``lowrank compare``: measure every family, save the run folder, print the finding."""
+    from tqdm import tqdm
+
+    from lowrank.inputs.prepared import prepare
+    from lowrank.runs.folders import COMPARE_FORMAT, COMPARE_NPZ, check_out_dir, write_run
+
+    start = time.perf_counter()
+    spec.check(config.seq_len)
+    identity = config.identity() | {"compare": asdict(spec)}
+    check_out_dir(out, identity, overwrite)
+    prep = prepare(config)
+    loaded, seqs = prep.loaded, prep.sequences
+    n_seq, n = len(seqs.lengths), config.seq_len
+    with tqdm(total=n_seq, unit="seq", desc="compare", file=sys.stderr) as bar:
+        sink = measure(loaded, seqs, spec, config.batch_size, prep.device, bar.update, workers)
+    arrays = sink.arrays()
+    table = arrays[f"{METRIC_KEY[spec.metric]}_mean"]
+    arrays |= {
+        "families": np.array(spec.rows),
+        "budgets": np.array(spec.budgets),
+        "metrics": np.array(METRICS),
+        "head_stats": np.array(HEAD_STATS),
+        "winner": winners(table, spec.rows),
+        "winner_from_q_k": winners(table, spec.rows, spec.oracles),
+        "applicable": np.array([not sink.causal or r in CAUSAL_OK for r in spec.rows]),
+        "input_ids": seqs.input_ids,
+    }
+    found = findings(arrays, spec)
+    focus = spec.budgets.index(spec.focus_budget)
+    text = finding_text(found[focus], n_seq)
+    meta: dict[str, Any] = {
+        "format": COMPARE_FORMAT,
+        "format_version": 1,
+        "command": command,
+        "created": created,
+        "identity": identity,
+        "config": config.to_json(),
+        **prep.meta(config),
+        "num_sequences": n_seq,
+        "compare": asdict(spec),
+        "families": list(spec.rows),
+        "oracles": list(spec.oracles),
+        "causal": bool(sink.causal),
+        "not_applicable": [r for r in spec.rows if sink.causal and r not in CAUSAL_OK],
+        "winner_metric": METRIC_KEY[spec.metric],
+        "focus_budget": spec.focus_budget,
+        "budget_accounting": {
+            r: {
+                "rule": ACCOUNTING[r],
+                "per_budget": [
+                    budget_cost(r, n, b, spec.rounds, spec.globals_, spec.split)
+                    | (
+                        {"reads": "all scores Q K^T"}
+                        if r in spec.oracles and r == "scatterbrain"
+                        else {}
+                    )
+                    for b in spec.budgets
+                ],
+            }
+            for r in spec.rows
+        },
+        "parity_tolerance": PARITY_TOLERANCE,
+        "findings": found,
+        "finding": text,
+        "versions": versions,
+        "elapsed_seconds": round(time.perf_counter() - start, 3),
+    }
+    write_run(out, meta, arrays, npz=COMPARE_NPZ)
+    _summary(arrays, spec, text, out)
+    if plot:
+        from lowrank.plots.comparisons import plot_compare_folder
+
+        for path in plot_compare_folder(out):
+            click.echo(f"figure: {path}")
+    return out
+
+
+def _summary(arrays: dict[str, np.ndarray], spec: CompareSpec, text: str, out: Path) -> None:
+    from lowrank.runs.folders import COMPARE_NPZ
+
+    key = METRIC_KEY[spec.metric]
+    click.echo(f"\n{METRIC_LABEL[key]}: median over heads of the mean over sequences")
+    click.echo("  family                " + "".join(f"{'b=' + str(b):>9}" for b in spec.budgets))
+    table = arrays[f"{key}_mean"]
+    for i, name in enumerate(spec.rows):
+        flat = table[i].reshape(len(spec.budgets), -1)
+        if np.isnan(flat).all():
+            click.echo(f"  {name:<22}" + "      n/a" * len(spec.budgets))
+            continue
+        click.echo(f"  {name:<22}" + "".join(f"{v:>9.4f}" for v in np.nanmedian(flat, axis=1)))
+    click.echo("")
+    click.echo(text)
+    click.echo(f"run folder: {out}  ({out / 'run.json'}, {out / COMPARE_NPZ})")

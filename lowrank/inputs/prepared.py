@@ -1,0 +1,102 @@
+"""A model and a corpus cut into sequences: what every analysis starts from."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lowrank.errors import LowrankError
+from lowrank.spectra.config import SpectrumConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from lowrank.inputs.corpora import Corpus, Sequences
+    from lowrank.inputs.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Model, corpus and sequences of a run, with the metadata every run records."""
+
+    corpus: Corpus
+    loaded: LoadedModel
+    sequences: Sequences
+    device: torch.device
+
+    def meta(self, config: SpectrumConfig) -> dict[str, Any]:
+        src = self.loaded.source
+        return {
+            "model": {
+                "name": src.name,
+                "kind": src.kind,
+                "path": src.location,
+                "revision": src.revision,
+                "model_type": self.loaded.model_type,
+            },
+            "corpus": {
+                "dataset": self.corpus.name,
+                "kind": self.corpus.kind,
+                "source": self.corpus.source,
+                "split": self.corpus.split,
+            },
+            "sequence_policy": self.sequences.policy,
+            "seq_len": config.seq_len,
+            "num_layers": self.loaded.num_layers,
+            "num_heads": self.loaded.num_heads,
+            "causal": self.loaded.causal,  # a decoder: P is lower-triangular
+            "seed": config.seed,
+            "device": str(self.device),
+            "dtype": config.dtype,
+            "batch_size": config.batch_size,
+        }
+
+
+def prepare(config: SpectrumConfig) -> Prepared:
+    """Load the corpus and model and cut the sequences, checking every option on the way."""
+    from lowrank.inputs.corpora import build_sequences, load_corpus
+    from lowrank.inputs.models import load_model
+    from lowrank.spectra.pipeline import resolve_device
+
+    device = resolve_device(config.device)
+    if config.dtype != "float32" and device.type == "cpu":
+        raise LowrankError(f"--dtype {config.dtype} needs --device cuda; use float32 on the CPU")
+    corpus = load_corpus(config.dataset, config.data, config.split)
+    loaded = load_model(config.model, str(device), config.dtype)
+    loaded.check_seq_len(config.seq_len)
+    sequences = build_sequences(
+        corpus,
+        loaded.tokenizer,
+        config.seq_len,
+        config.num_sequences,
+        config.seed,
+        config.policy,
+        config.keep_short,
+    )
+    policy = sequences.policy
+    n_seq = len(sequences.lengths)
+    if n_seq < config.num_sequences:
+        log.warning(
+            f"corpus '{corpus.name}' yields {policy['available']} sequences of {config.seq_len} "
+            f"tokens, fewer than --num-sequences {config.num_sequences}: analysing {n_seq}"
+        )
+    if policy.get("skipped_short"):
+        log.info(
+            f"skipped {policy['skipped_short']} documents shorter than {config.seq_len} tokens "
+            "(--keep-short keeps them)"
+        )
+    short = policy.get("short_sequences", 0)
+    if short:
+        log.warning(
+            f"--keep-short: {short} of {n_seq} sequences ({short / n_seq:.0%}) are shorter than "
+            f"n = {config.seq_len} and padded; their spectra are those of shorter matrices and "
+            "bias the means toward short documents"
+        )
+    log.info(
+        f"{loaded.source.name}: {loaded.num_layers} layers x {loaded.num_heads} heads, "
+        f"{n_seq} sequences of {config.seq_len} tokens from {corpus.name} on {device}"
+    )
+    return Prepared(corpus, loaded, sequences, device)

@@ -1,0 +1,309 @@
+"""Figures of a ``lowrank compare`` run: error against budget, winner maps, the low-rank
+versus sparse ratio against entropy, and per-family heatmaps at one budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lowrank.comparisons.methods import ORACLES
+from lowrank.plots.spectrum import DOUBLE_COLUMN, SINGLE_COLUMN, axes_or_new, paper_style, save
+from lowrank.runs.folders import CompareRun, read_compare_run
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+METRIC_AXIS = {
+    "output_error": "head output error ||P~V - PV|| / ||PV||",
+    "probs_error": "attention error ||P~ - P|| / ||P||",
+    "output_scaled_error": "scale-free output error",
+    "output_cosine": "output cosine",
+}
+FLOOR = 1e-4  # errors below are drawn at this value
+_ORDER = (
+    "lowrank-oracle",
+    "linformer",
+    "sparse-oracle",
+    "sparse-oracle-renorm",
+    "lsh",
+    "local-global",
+    "performer",
+    "nystrom",
+    "scatterbrain",
+)
+
+
+def family_style(family: str) -> dict[str, Any]:
+    """One colour and marker per family, the same in every figure; oracles dashed."""
+    import seaborn as sns
+
+    if family == "zero":
+        return {"color": "0.55", "ls": ":", "marker": None}
+    if family == "uniform":
+        return {"color": "0.2", "ls": ":", "marker": None}
+    colours = [c for j, c in enumerate(sns.color_palette("colorblind", 10)) if j != 7]  # no grey
+    i = _ORDER.index(family) if family in _ORDER else 8
+    oracle = family in ("lowrank-oracle", "linformer", "sparse-oracle", "sparse-oracle-renorm")
+    return {"color": colours[i], "ls": "--" if oracle else "-", "marker": "osD^vPX*hp"[i]}
+
+
+def _metric(run: CompareRun, metric: str | None) -> str:
+    return metric or str(run.meta.get("winner_metric", "output_error"))
+
+
+def plot_error_vs_budget(
+    run: CompareRun,
+    metric: str | None = None,
+    ax: Axes | None = None,
+    legend: bool = True,
+    families: list[str] | None = None,
+) -> Axes:
+    """Median over heads of each head's mean error against the budget, log-log.
+
+    The band spans the interquartile range over heads; oracles (which read P itself) are
+    dashed, the zero and uniform baselines dotted grey. ``families`` picks the lines (default
+    all); families that do not apply (causal models) are left out.
+    """
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 2.8))
+    metric = _metric(run, metric)
+    table = run.table(metric)  # (F, K, L, H)
+    budgets = np.asarray(run.budgets)
+    for fi, family in enumerate(run.families):
+        if families is not None and family not in families:
+            continue
+        flat = table[fi].reshape(len(budgets), -1)
+        if np.isnan(flat).all():
+            continue
+        # exact answers (error 0 at b = n) sit on the floor of the log axis
+        lo, mid, hi = np.nanpercentile(np.maximum(flat, FLOOR), [25, 50, 75], axis=1)
+        style = family_style(family)
+        ax.plot(budgets, mid, lw=1.1, ms=3, mfc="none", label=family, **style)
+        if family not in ("zero", "uniform"):
+            ax.fill_between(budgets, lo, hi, color=style["color"], alpha=0.12, lw=0)
+    ax.set(xscale="log", yscale="log", xlabel="budget b (about n b numbers)")
+    ax.set_ylabel(METRIC_AXIS.get(metric, metric) + "\n(median over heads, IQR band)")
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
+    if legend:
+        ax.legend(frameon=False, fontsize="xx-small", ncol=2)
+    return ax
+
+
+def plot_winner_map(
+    run: CompareRun, budget: int, ax: Axes | None = None, from_q_k: bool = False
+) -> Axes:
+    """Layer (rows, layer 1 at the bottom) x head map of the family with the least error,
+    among all families or (``from_q_k``) among those that need only Q and K."""
+    from matplotlib.colors import ListedColormap
+
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 2.4))
+    key = "winner_from_q_k" if from_q_k else "winner"
+    winner = run.arrays[key][run.budgets.index(budget)]  # (L, H)
+    layers, heads = winner.shape
+    palette = [family_style(f)["color"] for f in run.families] + [(1.0, 1.0, 1.0)]
+    shown = np.where(winner >= 0, winner, len(run.families))
+    ax.imshow(
+        shown,
+        cmap=ListedColormap(palette),
+        vmin=-0.5,
+        vmax=len(palette) - 0.5,
+        origin="lower",
+        aspect="auto",
+        interpolation="nearest",
+    )
+    ax.set_xticks(range(heads), [str(h) for h in range(1, heads + 1)], fontsize="x-small")
+    ax.set_yticks(range(layers), [str(layer) for layer in range(1, layers + 1)])
+    ax.set(xlabel="head", ylabel="layer")
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(f"b = {budget}", fontsize="medium")
+    return ax
+
+
+def _winner_legend(run: CompareRun, fig: Any) -> None:
+    from matplotlib.patches import Patch
+
+    both = np.concatenate([run.arrays["winner"].ravel(), run.arrays["winner_from_q_k"].ravel()])
+    used = sorted({int(w) for w in np.unique(both) if w >= 0})
+    handles = [
+        Patch(color=family_style(run.families[i])["color"], label=run.families[i]) for i in used
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 5),
+        frameon=False,
+        fontsize="small",
+    )
+
+
+def plot_ratio_vs_entropy(
+    run: CompareRun, budget: int, metric: str | None = None, ax: Axes | None = None
+) -> Axes:
+    """ln(error of the low-rank oracle / error of the sparse oracle) against each head's
+    normalised row entropy, one point per head coloured by layer (below 0: low-rank wins).
+
+    The annotation is Spearman's rho of the plotted points with its bootstrap interval.
+    """
+    import matplotlib as mpl
+
+    from lowrank.comparisons.workflow import rank_correlation
+
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 2.6))
+    metric = _metric(run, metric)
+    low = run.values("lowrank-oracle", budget, metric)
+    sparse = run.values("sparse-oracle", budget, metric)
+    entropy = run.arrays["entropy_mean"]  # (L, H)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.log(low / sparse)
+    layers = entropy.shape[0]
+    viridis = mpl.colormaps["viridis"]
+    colours = [viridis(i / max(layers - 1, 1)) for i in range(layers)]
+    for layer in range(layers):
+        ax.scatter(entropy[layer], ratio[layer], s=9, color=colours[layer], lw=0)
+    cmap = mpl.colors.ListedColormap(colours)
+    norm = mpl.colors.BoundaryNorm(np.arange(0.5, layers + 1.5), layers)
+    bar = ax.figure.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
+    bar.set_label("layer")
+    bar.set_ticks(range(1, layers + 1))
+    bar.minorticks_off()
+    bar.ax.tick_params(length=0)
+    ax.axhline(0, color="0.5", lw=0.6, ls="--")
+    c = rank_correlation(entropy.ravel(), ratio.ravel(), seed=int(run.meta["compare"]["seed"]))
+    if np.isfinite(c["rho"]):
+        ax.text(
+            0.98,
+            0.97,
+            f"Spearman rho = {c['rho']:.2f}\n95% CI [{c['low']:.2f}, {c['high']:.2f}]\n"
+            f"(the printed finding's\nadvantage of low-rank,\nln(err sparse / err low-rank):\n"
+            f"rho = {-c['rho']:.2f} [{-c['high']:.2f}, {-c['low']:.2f}])",
+            transform=ax.transAxes,
+            fontsize="xx-small",
+            va="top",
+            ha="right",
+        )
+    ax.set(
+        xlabel="mean row entropy of P / ln n",
+        ylabel="ln(err low-rank / err sparse)\n(< 0: low-rank better)",
+    )
+    ax.set_title(f"oracles at b = {budget}, {METRIC_AXIS.get(metric, metric)}", fontsize="small")
+    return ax
+
+
+def plot_family_heatmap(
+    run: CompareRun,
+    family: str,
+    budget: int,
+    metric: str | None = None,
+    ax: Axes | None = None,
+    norm: Any = None,
+) -> Axes:
+    """Layer (layer 1 at the bottom) x head heatmap of one family's mean error; pass the
+    same ``norm`` to several panels to share a colour scale (``ax.images[0]`` feeds a bar)."""
+    ax = axes_or_new(ax, (SINGLE_COLUMN / 2, 1.6))
+    values = run.values(family, budget, _metric(run, metric))
+    ax.imshow(
+        values, cmap="magma_r", norm=norm, origin="lower", aspect="auto", interpolation="nearest"
+    )
+    ax.set_title(family, fontsize="small")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return ax
+
+
+def plot_compare_folder(folder: Path, out: Path | None = None) -> list[Path]:
+    """The comparison figures of one run folder, into ``folder/figures`` (PDF and PNG)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    run = read_compare_run(folder)
+    out = out or folder / "figures"
+    budget = int(run.meta["focus_budget"])
+    metric = _metric(run, None)
+    title = (
+        f"{run.meta['model']['name']} / {run.meta['corpus']['dataset']}, "
+        f"n = {run.meta['seq_len']}, N = {run.meta['num_sequences']}"
+    )
+    written: list[Path] = []
+    with paper_style():
+        fig, axes = plt.subplots(
+            1, 2, figsize=(DOUBLE_COLUMN, 3.0), layout="constrained", sharey=True
+        )
+        known = run.meta.get("oracles", ORACLES)
+        oracles = [f for f in run.families if f in known]
+        others = [f for f in run.families if f not in known]
+        plot_error_vs_budget(run, metric, axes[0], families=[*oracles, "zero", "uniform"])
+        plot_error_vs_budget(run, metric, axes[1], families=others)
+        axes[0].set_title("oracles (read P or every score)", fontsize="small")
+        axes[1].set_title("from Q and K only", fontsize="small")
+        axes[1].set_ylabel("")
+        fig.suptitle(title, fontsize="small")
+        written += save(fig, out / "error_vs_budget")
+
+        budgets = run.budgets
+        fig, axes = plt.subplots(
+            2, len(budgets), figsize=(DOUBLE_COLUMN, 3.9), layout="constrained", squeeze=False
+        )
+        for b, top, bottom in zip(budgets, axes[0], axes[1], strict=True):
+            plot_winner_map(run, b, top)
+            plot_winner_map(run, b, bottom, from_q_k=True)
+            top.set_xlabel("")
+        for panel in axes[:, 1:].flat:
+            panel.set_ylabel("")
+        axes[0, 0].set_ylabel("all families\nlayer")
+        axes[1, 0].set_ylabel("from Q and K only\nlayer")
+        _winner_legend(run, fig)
+        fig.suptitle(f"{title}: least {METRIC_AXIS.get(metric, metric)}", fontsize="small")
+        written += save(fig, out / "winners")
+
+        if {"lowrank-oracle", "sparse-oracle"} <= set(run.families):
+            fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.6), layout="constrained")
+            plot_ratio_vs_entropy(run, budget, metric, ax)
+            written += save(fig, out / f"ratio_vs_entropy_b{budget}")
+
+        shown = [
+            f
+            for f in run.families
+            if f != "zero" and np.isfinite(run.values(f, budget, metric)).any()
+        ]
+        values = np.concatenate([run.values(f, budget, metric).ravel() for f in shown])
+        positive = values[np.isfinite(values) & (values > 0)]
+        # a few near-exact heads would wash out the rest: the scale starts at the 2nd
+        # percentile and lower values take its lightest colour
+        norm = None
+        if positive.size:
+            low, high = np.percentile(positive, [2, 100])
+            norm = LogNorm(vmin=low, vmax=high, clip=True)
+        cols = min(5, len(shown))
+        rows = -(-len(shown) // cols)
+        fig, axes = plt.subplots(
+            rows,
+            cols,
+            figsize=(DOUBLE_COLUMN, 1.45 * rows + 0.5),
+            layout="constrained",
+            squeeze=False,
+        )
+        image = None
+        layers, heads = run.arrays["entropy_mean"].shape
+        for i, (family, panel) in enumerate(zip(shown, axes.flat, strict=False)):
+            image = plot_family_heatmap(run, family, budget, metric, panel, norm).images[0]
+            panel.tick_params(length=2, pad=1)
+            if i % cols == 0:
+                panel.set_yticks([0, layers - 1], ["1", str(layers)], fontsize="x-small")
+                panel.set_ylabel("layer", fontsize="x-small")
+            if i >= len(shown) - cols:
+                panel.set_xticks([0, heads - 1], ["1", str(heads)], fontsize="x-small")
+                panel.set_xlabel("head", fontsize="x-small")
+        for panel in list(axes.flat)[len(shown) :]:
+            panel.set_visible(False)
+        if image is not None:
+            bar = fig.colorbar(image, ax=axes, shrink=0.9, pad=0.01)
+            bar.set_label(f"mean {metric.replace('_', ' ')} (log scale)")
+        fig.suptitle(f"{title}, b = {budget}", fontsize="small")
+        written += save(fig, out / f"heatmaps_b{budget}")
+    return written

@@ -1,0 +1,189 @@
+"""Figures of a ``lowrank scaling`` folder: rank against n with both fits, and c against i/n.
+
+Drawn from the folder alone: ``scaling.npz`` for the measures, fits and verdicts, and the
+spectrum run of each n (``n<n>/``) for the cumulative curves. Plot functions take
+``ax=None`` and return the axes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lowrank.lengths.fits import MEASURE_LABELS, MEASURES, log_model, power_model
+from lowrank.lengths.workflow import ScalingRun, read_scaling_run
+from lowrank.plots.spectrum import DOUBLE_COLUMN, axes_or_new, paper_style, save
+from lowrank.runs.folders import SpectrumRun, read_run
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+_CAUSAL = "causal decoder: P lower-triangular"
+
+
+def measure_label(run: ScalingRun, measure: str) -> str:
+    label = MEASURE_LABELS[measure]
+    if measure == "output_rank":
+        label = label.replace("tau", f"{float(run.arrays['tau']):g}")
+    return label
+
+
+def plot_measure(
+    run: ScalingRun,
+    measure: str,
+    group: str = "model",
+    ax: Axes | None = None,
+    legend: bool = True,
+) -> Axes:
+    """One rank measure against n (log axis) for a layer or the whole model.
+
+    Points: the mean over documents and heads, with the 95% bootstrap interval over
+    documents. Lines: ``a + b ln n`` (solid) and ``a n^beta`` (dashed) fitted to the points.
+    The title carries the verdict.
+    """
+    ax = axes_or_new(ax)
+    g = run.groups.index(group)
+    ns = np.array(run.ns, dtype=float)
+    mean = run.arrays[f"{measure}_mean"][g]
+    interval = run.arrays[f"{measure}_interval"][g]  # (S, 2)
+    yerr = np.abs(np.stack([mean - interval[:, 0], interval[:, 1] - mean]))
+    ax.errorbar(
+        ns,
+        mean,
+        yerr=yerr,
+        ls="none",
+        marker="o",
+        ms=3,
+        capsize=2,
+        color="k",
+        lw=0.8,
+        label="mean, 95% bootstrap interval over documents",
+    )
+    grid = np.geomspace(ns[0], ns[-1], 100)
+    a, b = run.arrays[f"{measure}_log_params"][g]
+    ax.plot(grid, log_model(grid, a, b), lw=1, label="a + b ln n")
+    a, beta = run.arrays[f"{measure}_power_params"][g]
+    if np.isfinite(beta):
+        ax.plot(grid, power_model(grid, a, beta), lw=1, ls="--", label="a n^β")
+        ax.text(0.04, 0.92, f"fitted β = {beta:.2f}", transform=ax.transAxes, fontsize="x-small")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(int(n)) for n in ns])
+    ax.minorticks_off()
+    name = "model (all layers)" if group == "model" else group
+    ax.set_title(f"{name}\n{run.verdict(measure, group)}", fontsize="small")
+    if legend:
+        ax.legend(frameon=False, fontsize="x-small")
+    return ax
+
+
+def measure_figure(run: ScalingRun, measure: str) -> Figure:
+    """A panel per layer and one for the whole model."""
+    import matplotlib.pyplot as plt
+
+    groups = run.groups
+    cols = 4 if len(groups) > 6 else 3
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(DOUBLE_COLUMN, 2.1 * rows + 0.8), layout="constrained", squeeze=False
+    )
+    for ax, group in zip(axes.flat, groups, strict=False):
+        plot_measure(run, measure, group, ax=ax, legend=False)
+    _tidy(axes, len(groups), "sequence length n", "mean over documents\nand heads")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
+    fig.suptitle(_suptitle(run, measure_label(run, measure)), fontsize="medium")
+    return fig
+
+
+def _tidy(axes: np.ndarray, used: int, xlabel: str, ylabel: str) -> None:
+    """Hide the unused panels of a grid; label x under the lowest panel of each column."""
+    rows, cols = axes.shape
+    for i, ax in enumerate(axes.flat):
+        ax.set_visible(i < used)
+    for col in range(cols):
+        lowest = max(r for r in range(rows) if r * cols + col < used)
+        axes[lowest, col].set_xlabel(xlabel)
+        axes[lowest, col].xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+
+
+def plot_c_curves(
+    runs: dict[int, SpectrumRun], layer: int | None = None, ax: Axes | None = None
+) -> Axes:
+    """Mean normalised cumulative singular value against i / n, a line per n.
+
+    Args:
+        runs: n -> its spectrum run.
+        layer: 0-based layer (mean over its heads), or None for the mean over every layer
+            and head.
+    """
+    import matplotlib as mpl
+
+    ax = axes_or_new(ax)
+    ns = sorted(runs)
+    cmap = mpl.colormaps["viridis"]
+    for i, n in enumerate(ns):
+        curves = runs[n].stats.cumulative.mean  # (L, H, n)
+        c = curves.mean(axis=(0, 1)) if layer is None else curves[layer].mean(axis=0)
+        x = np.arange(1, n + 1) / n
+        ax.plot(x, c, lw=1, color=cmap(i / max(len(ns) - 1, 1)), label=f"n = {n}")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="index / n")
+    ax.set_title("model (all layers)" if layer is None else f"layer {layer + 1}", fontsize="small")
+    return ax
+
+
+def c_curves_figure(run: ScalingRun, runs: dict[int, SpectrumRun]) -> Figure:
+    """c against i / n for every n: a panel per layer and one for the whole model."""
+    import matplotlib.pyplot as plt
+
+    layers = next(iter(runs.values())).stats.cumulative.mean.shape[0]
+    panels: list[int | None] = [*range(layers), None]
+    cols = 4 if len(panels) > 6 else 3
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(DOUBLE_COLUMN, 1.9 * rows + 0.6),
+        layout="constrained",
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
+    for ax, layer in zip(axes.flat, panels, strict=False):
+        plot_c_curves(runs, layer, ax=ax)
+        ax.set_xlabel("")
+    _tidy(axes, len(panels), "index / n", "normalized cumulative\nsingular value")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
+    fig.suptitle(
+        _suptitle(run, "c against the normalised index (mean over heads and documents)"),
+        fontsize="medium",
+    )
+    return fig
+
+
+def _suptitle(run: ScalingRun, what: str) -> str:
+    docs = int(run.arrays["fit_documents"])
+    causal = f"; {_CAUSAL}" if run.causal else ""
+    return f"{run.label}, {docs} documents at every n{causal}\n{what}"
+
+
+def write_scaling_figures(run: ScalingRun, runs: dict[int, SpectrumRun], out: Path) -> list[Path]:
+    """``scaling_<measure>`` for every rank measure and ``scaling_c_curves``, PDF and PNG."""
+    written: list[Path] = []
+    with paper_style():
+        for measure in MEASURES:
+            written += save(measure_figure(run, measure), out / f"scaling_{measure}")
+        written += save(c_curves_figure(run, runs), out / "scaling_c_curves")
+    return written
+
+
+def plot_scaling_folder(folder: Path) -> list[Path]:
+    """The figures of a ``lowrank scaling`` folder, into ``folder/figures``."""
+    run = read_scaling_run(folder)
+    runs = {n: read_run(folder / f"n{n}") for n in run.ns}
+    return write_scaling_figures(run, runs, folder / "figures")

@@ -1,0 +1,356 @@
+"""Paper-style figures from saved run folders (no model, no corpus needed).
+
+Every plot function takes ``ax=None`` and returns the axes it drew on, so users can compose
+their own figures; :func:`figure1` and :func:`write_figures` compose them the paper's way.
+Figures are saved as PDF (TrueType fonts embedded, ``pdf.fonttype = 42``) and 300 dpi PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from lowrank.errors import LowrankError
+from lowrank.runs.folders import SpectrumRun, read_run
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+LayerMetric = Literal["c_at_index", "rank90", "rank99", "effective_rank", "stable_rank"]
+SINGLE_COLUMN = 3.4  # inches: one column of a two-column paper
+DOUBLE_COLUMN = 7.0
+_METRIC_INDEX = {"c_at_index": 0, "rank90": 1, "rank99": 2, "effective_rank": 3, "stable_rank": 4}
+
+
+@contextmanager
+def paper_style() -> Iterator[None]:
+    """Seaborn paper context, colour-blind palette, embedded TrueType fonts."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    rc: dict[str, Any] = {
+        "pdf.fonttype": 42,
+        "ps.fonttype": 42,
+        "savefig.dpi": 300,
+        "savefig.bbox": "tight",
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "font.size": 8,
+    }
+    with mpl.rc_context(), sns.plotting_context("paper", font_scale=0.9):
+        sns.set_palette("colorblind")
+        mpl.rcParams.update(rc)  # type: ignore[arg-type]  # stubs want Literal keys
+        yield
+
+
+def axes_or_new(ax: Axes | None, size: tuple[float, float] = (SINGLE_COLUMN, 2.4)) -> Axes:
+    """``ax``, or the axes of a new figure of ``size`` inches (the plot functions' ax=None)."""
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.figure(figsize=size).add_subplot()
+
+
+def bottom_legend(fig: Figure, ax: Axes) -> None:
+    """One legend for a multi-panel figure, below the panels, from ``ax``'s entries."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=len(labels),
+        frameon=False,
+        fontsize="small",
+    )
+
+
+def readable_log_ticks(ax: Axes, suffix: str = "") -> None:
+    """Plain-number ticks (0.25, 0.5, 1, 2, 4, ...) on a log y axis that spans less than a
+    decade, where matplotlib would label a single power of ten."""
+    lo, hi = ax.get_ylim()
+    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64) if lo <= t <= hi]
+    ax.set_yticks(ticks, [f"{t:g}{suffix}" for t in ticks])
+    ax.minorticks_off()
+
+
+def run_title(run: SpectrumRun) -> str:
+    """``model / dataset`` and ``n = .., N = ..`` on two lines; a decoder's run (``causal``
+    in run.json) says on a third that its P is lower-triangular."""
+    causal = "\ncausal decoder: P lower-triangular" if run.meta.get("causal") else ""
+    return f"{run.label}\nn = {run.seq_len}, N = {run.stats.count} sequences{causal}"
+
+
+def plot_cumulative(
+    run: SpectrumRun,
+    ax: Axes | None = None,
+    by_layer: bool = False,
+    band: tuple[float, float] = (10.0, 90.0),
+    title: bool = True,
+    legend: bool = True,
+) -> Axes:
+    """Mean normalized cumulative singular value against index (paper Fig. 1, left).
+
+    The line is the mean of the L x H per-(layer, head) curves, each a mean over sequences
+    (so, with equal counts, the mean over sequences, layers and heads). The band spans,
+    pointwise, the ``band`` percentiles of those same L x H curves: the spread across heads,
+    not a confidence interval. The legend names both with L x H. With ``by_layer`` one
+    line per layer (mean over heads) is drawn, coloured by depth on a discrete layer scale.
+    The dashed line marks the heatmap index (128 for n = 512).
+    """
+    ax = axes_or_new(ax)
+    curves = run.stats.cumulative.mean  # (L, H, n)
+    layers, heads, n = curves.shape
+    x = np.arange(1, n + 1)
+    flat = curves.reshape(layers * heads, n)  # (L*H, n)
+    if by_layer:
+        _plot_layers(curves, x, ax)
+    else:
+        lo, hi = np.percentile(flat, band, axis=0)  # (n,) each
+        cells = layers * heads
+        spans = f"{band[0]:g}-{band[1]:g}% across {cells} heads"
+        ax.fill_between(x, lo, hi, alpha=0.3, lw=0, label=spans)
+        ax.plot(x, flat.mean(axis=0), lw=1.2, label=f"mean over {cells} heads")
+    index = run.stats.index
+    ax.axvline(index, color="0.3", ls="--", lw=0.8)
+    ax.text(index, 0.03, f" {index}", color="0.3", fontsize="small", va="bottom")
+    ax.set(
+        xlim=(1, n),
+        ylim=(0, 1.0),
+        xlabel="singular value index",
+        ylabel="normalized cumulative\nsingular value",
+    )
+    if not by_layer and legend:
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.1), frameon=False, fontsize="small")
+    if title:
+        ax.set_title(run_title(run), fontsize="medium")
+    return ax
+
+
+def _plot_layers(curves: np.ndarray, x: np.ndarray, ax: Axes) -> None:
+    """One line per layer (mean over heads) and a discrete colour bar, one colour a layer.
+
+    Args:
+        curves: (L, H, n) per-(layer, head) mean curves.
+        x: (n,) 1-based singular value indices.
+    """
+    import matplotlib as mpl
+
+    layers = curves.shape[0]
+    viridis = mpl.colormaps["viridis"]
+    colours = [viridis(layer / max(layers - 1, 1)) for layer in range(layers)]
+    for layer, colour in enumerate(colours):
+        ax.plot(x, curves[layer].mean(axis=0), color=colour, lw=0.9)
+    # layers are discrete: one block per layer, not a continuous gradient
+    cmap = mpl.colors.ListedColormap(colours)
+    norm = mpl.colors.BoundaryNorm(np.arange(0.5, layers + 1.5), layers)
+    bar = ax.figure.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
+    bar.set_label("layer (line: mean over heads)")
+    bar.set_ticks(range(1, layers + 1, max(1, -(-layers // 12))))
+    bar.minorticks_off()
+    bar.ax.tick_params(length=0)
+
+
+def plot_heatmap(
+    run: SpectrumRun,
+    ax: Axes | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    annotate: bool | None = None,
+    colorbar: bool = True,
+    title: bool = True,
+) -> Axes:
+    """Layer x head heatmap of mean c at the heatmap index (paper Fig. 1, right).
+
+    Layer 1 is the bottom row. Cells are annotated when the grid has at most 96 cells
+    (unless ``annotate`` says otherwise). Pass the same ``vmin``/``vmax`` to compare runs.
+    """
+    import seaborn as sns
+
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 2.6))
+    values = heatmap_values(run)  # (L, H), row 0 = layer 1
+    layers, heads = values.shape
+    annotate = layers * heads <= 96 if annotate is None else annotate
+    sns.heatmap(
+        values[::-1],
+        ax=ax,
+        vmin=vmin,
+        vmax=vmax,
+        cmap="viridis",
+        annot=annotate,
+        fmt=".2f",
+        annot_kws={"fontsize": 4.5},
+        cbar=colorbar,
+        cbar_kws={"label": f"mean c at index {run.stats.index}", "pad": 0.02},
+        xticklabels=list(range(1, heads + 1)),
+        yticklabels=list(range(layers, 0, -1)),
+        square=False,
+        linewidths=0,
+    )
+    ax.set(xlabel="head", ylabel="layer (1 = bottom)")
+    ax.tick_params(axis="both", length=0, labelsize="small")
+    ax.tick_params(axis="y", rotation=0)
+    if title:
+        ax.set_title(run_title(run), fontsize="medium")
+    return ax
+
+
+def heatmap_values(run: SpectrumRun) -> np.ndarray:
+    """(L, H) mean c at the heatmap index, layer 1 first."""
+    return np.asarray(run.stats.summaries.mean[..., 0])
+
+
+def plot_layer_summary(
+    runs: Sequence[SpectrumRun],
+    ax: Axes | None = None,
+    metric: LayerMetric = "c_at_index",
+) -> Axes:
+    """Per-layer mean of a summary with error bars (std across heads), one line per run.
+
+    With ``c_at_index`` a rising line is the paper's "higher layers are more skewed".
+    """
+    ax = axes_or_new(ax)
+    k = _METRIC_INDEX[metric]
+    offsets = np.linspace(-0.12, 0.12, len(runs)) if len(runs) > 1 else [0.0]
+    for run, dx in zip(runs, offsets, strict=True):
+        values = run.stats.summaries.mean[..., k]  # (L, H)
+        layers = np.arange(1, values.shape[0] + 1) + dx  # dodge so error bars stay apart
+        err = values.std(axis=1, ddof=1) if values.shape[1] > 1 else None
+        ax.errorbar(
+            layers,
+            values.mean(axis=1),
+            yerr=err,
+            marker="o",
+            ms=3,
+            lw=1,
+            capsize=2,
+            label=f"{run.label} (N = {run.stats.count})",
+        )
+    index = runs[0].stats.index if runs else 128
+    label = {
+        "c_at_index": f"c at index {index}",
+        "rank90": "rank for 90% of sum s",
+        "rank99": "rank for 99% of sum s",
+        "effective_rank": "effective rank",
+        "stable_rank": "stable rank",
+    }[metric]
+    ax.set(xlabel="layer", ylabel=f"{label}\n(mean, std across heads)")
+    if runs:
+        n_layers = max(r.stats.cumulative.mean.shape[0] for r in runs)
+        ax.set_xticks(range(1, n_layers + 1, max(1, n_layers // 12)))
+    ax.legend(frameon=False, fontsize="small")
+    return ax
+
+
+def shared_limits(runs: Sequence[SpectrumRun]) -> tuple[float, float]:
+    """A colour scale that covers every run's heatmap, rounded outwards to 0.05."""
+    values = np.concatenate([heatmap_values(r).ravel() for r in runs])
+    lo = np.floor(values.min() * 20) / 20
+    hi = np.ceil(values.max() * 20) / 20
+    return float(lo), float(max(hi, lo + 0.05))
+
+
+def figure1(runs: Sequence[SpectrumRun], heatmap_run: int = 0, by_layer: bool = False) -> Figure:
+    """The paper's arrangement: a spectrum panel per run, next to one run's heatmap."""
+    import matplotlib.pyplot as plt
+
+    count = len(runs)
+    cols = 1 if count == 1 else 2
+    rows = (count + cols - 1) // cols
+    legend_room = 0.3 if by_layer else 0.55  # the band's legend goes below the panels
+    fig = plt.figure(figsize=(DOUBLE_COLUMN, 2.2 * rows + legend_room), layout="constrained")
+    # the per-panel layer colour bars take width the annotated heatmap needs
+    heat_width = 1.6 if by_layer else 1.25
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [heat_width])
+    for i, run in enumerate(runs):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        plot_cumulative(run, ax=ax, by_layer=by_layer, legend=False)
+        if i % cols:
+            ax.set_ylabel("")
+        if i == 0 and not by_layer:
+            # below the panels: inside a narrow panel the legend covers the band
+            bottom_legend(fig, ax)
+    heat = fig.add_subplot(grid[:, cols])
+    vmin, vmax = shared_limits(runs)
+    plot_heatmap(runs[heatmap_run], ax=heat, vmin=vmin, vmax=vmax)
+    return fig
+
+
+def save(fig: Figure, path: Path) -> list[Path]:
+    """Write ``path.pdf`` and ``path.png`` (300 dpi) and close the figure."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in (".pdf", ".png"):
+        target = path.with_suffix(suffix)
+        # no creation date in the PDF: redrawing the same run gives the same file
+        fig.savefig(target, metadata={"CreationDate": None} if suffix == ".pdf" else None)
+        written.append(target)
+    plt.close(fig)
+    return written
+
+
+def _slug(run: SpectrumRun) -> str:
+    name = f"{run.meta['model']['name']}-{run.meta['corpus']['dataset']}"
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(name).name)
+
+
+def write_figures(
+    runs: Sequence[SpectrumRun],
+    out: Path,
+    by_layer: bool = False,
+    layer_metric: LayerMetric = "c_at_index",
+) -> list[Path]:
+    """All figures for these runs into ``out``; returns the files written.
+
+    Per run: ``spectrum_<model>-<dataset>`` (mean and spread across heads),
+    ``spectrum-by-layer_<...>`` (a line per layer), ``heatmap_<...>`` (shared colour scale);
+    for all runs: ``layers`` (per-layer c at the heatmap index) and ``figure1`` (the paper's
+    arrangement; ``by_layer`` draws its spectrum panels a line per layer).
+    """
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise LowrankError("no run folders given")
+    written: list[Path] = []
+    with paper_style():
+        vmin, vmax = shared_limits(runs)
+        slugs = _unique([_slug(r) for r in runs])
+        for run, slug in zip(runs, slugs, strict=True):
+            for layered, prefix in ((False, "spectrum"), (True, "spectrum-by-layer")):
+                fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.4), layout="constrained")
+                plot_cumulative(run, ax=ax, by_layer=layered)
+                written += save(fig, out / f"{prefix}_{slug}")
+            fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.6), layout="constrained")
+            plot_heatmap(run, ax=ax, vmin=vmin, vmax=vmax)
+            written += save(fig, out / f"heatmap_{slug}")
+        fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.4), layout="constrained")
+        plot_layer_summary(runs, ax=ax, metric=layer_metric)
+        written += save(fig, out / "layers")
+        written += save(figure1(runs, by_layer=by_layer), out / "figure1")
+    return written
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out
+
+
+def plot_run_folder(folder: Path, by_layer: bool = False) -> list[Path]:
+    """The figures of one run folder, into ``folder/figures``."""
+    return write_figures([read_run(folder)], folder / "figures", by_layer=by_layer)
+
+
+def read_runs(folders: Sequence[str | Path]) -> list[SpectrumRun]:
+    """Read several run folders; the first bad one raises with its name."""
+    return [read_run(f) for f in folders]

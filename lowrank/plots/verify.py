@@ -1,0 +1,130 @@
+"""Figure of a ``lowrank verify`` run: measured failure rate against k, bounds dashed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lowrank.plots.spectrum import DOUBLE_COLUMN, axes_or_new, bottom_legend, paper_style, save
+from lowrank.runs.folders import read_json, read_meta, read_npz
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+
+def plot_failure_vs_k(
+    arrays: dict[str, np.ndarray],
+    source: str,
+    theory_k: dict[float, float | None] | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Failure rate against k for one source, a line per eps (log y).
+
+    Dashed: the bound; dotted verticals: the k the theorem asks for (when within the plot).
+    A rate of zero is drawn at the upper end of its 95% interval with a downward marker.
+    """
+    import seaborn as sns
+
+    ax = axes_or_new(ax)
+    sources = series_names(arrays)
+    si = sources.index(source)
+    ks, eps = arrays["ks"], arrays["eps"]
+    colours = sns.color_palette("colorblind", len(eps))
+    floor = 1.0 / max(int(arrays["trials"][si].max()), 1)
+    for ei, (e, colour) in enumerate(zip(eps, colours, strict=True)):
+        rate = arrays["rate"][si, ei]
+        hi = arrays["ci_high"][si, ei]
+        lo = arrays["ci_low"][si, ei]
+        shown = np.where(rate > 0, rate, np.nan)
+        ax.plot(ks, shown, marker="o", ms=3, lw=1, color=colour, label=f"eps = {e:g}")
+        yerr = np.vstack([shown - lo, hi - shown])
+        ax.errorbar(
+            ks,
+            shown,
+            yerr=np.where(np.isnan(yerr), 0, yerr),
+            fmt="none",
+            lw=0.6,
+            color=colour,
+            capsize=1.5,
+        )
+        zero = rate == 0
+        ax.plot(ks[zero], hi[zero], ls="none", marker="v", ms=3.5, color=colour)
+        bound = arrays["bound"][si, ei]
+        if np.isfinite(bound).any():
+            ax.plot(ks, np.clip(bound, floor / 2, 1), ls="--", lw=0.9, color=colour)
+        exact = arrays["exact"][si, ei] if "exact" in arrays else np.full(len(ks), np.nan)
+        if np.isfinite(exact).any():
+            ax.plot(ks, np.clip(exact, floor / 2, 1), ls="none", marker="x", ms=3, color=colour)
+        at = (theory_k or {}).get(float(e))
+        if at is not None and at <= ks.max():
+            ax.axvline(at, ls=":", lw=0.9, color=colour)
+    ax.set(xscale="log", yscale="log", ylim=(floor / 2, 1.2), xlabel="k", ylabel="failure rate")
+    ax.set_xticks(ks, [str(k) for k in ks], rotation=90 if len(ks) > 4 else 0)
+    ax.minorticks_off()
+    ax.set_title(source, fontsize="x-small")
+    return ax
+
+
+def series_names(arrays: dict[str, np.ndarray]) -> list[str]:
+    """Series of a verify run: ``statement | P | w`` (format 2) or sources (format 1)."""
+    return [str(s) for s in arrays["series" if "series" in arrays else "sources"]]
+
+
+def headline_series(sources: list[str]) -> list[str]:
+    """The series of the reference figure: every statement on real attention with the value
+    columns and the hard vectors (bottom singular vectors), the synthetic matrices under the
+    proof's own event, the JL lemma rows and Theorem 2. Format 1 runs: all sources."""
+    picked = []
+    for s in sources:
+        parts = s.split(" | ")
+        if len(parts) != 3:
+            return sources
+        statement, source, vectors = parts
+        real = source == "real" and vectors in ("values", "bottom-singular", "-")
+        synthetic = source.startswith("synthetic") and statement == "jl-rows"
+        if real or synthetic or source == "random":
+            picked.append(s)
+    return picked
+
+
+def plot_verify_folder(folder: Path, out: Path | None = None, every: bool = False) -> list[Path]:
+    """The headline series of a verify run (all of them with ``every``) in one figure, into
+    ``folder/figures``; verify.csv holds every row."""
+    import matplotlib.pyplot as plt
+
+    meta = read_meta(folder, "lowrank-verify")
+    arrays = read_npz(folder / "verify.npz")
+    needed = read_json(folder / "verify.json")["k_needed"]
+    sources = series_names(arrays)
+    if not every:
+        sources = headline_series(sources)
+    cols = 4
+    rows = (len(sources) + cols - 1) // cols
+    with paper_style():
+        fig, axes = plt.subplots(
+            rows,
+            cols,
+            figsize=(DOUBLE_COLUMN, 1.8 * rows + 0.6),
+            layout="constrained",
+            squeeze=False,
+        )
+        for ax, source in zip(axes.flat, sources, strict=False):
+            theory = {
+                float(r["eps"]): r.get("theory_k_at_target", r.get("theory_k"))
+                for r in needed
+                if r.get("series", r.get("source")) == source
+            }
+            plot_failure_vs_k(arrays, source, theory, ax)
+        for ax in list(axes.flat)[len(sources) :]:
+            ax.set_visible(False)
+        bottom_legend(fig, axes.flat[0])
+        fig.suptitle(
+            f"{meta['model']['name']} / {meta['corpus']['dataset']}, n = {meta['seq_len']}: "
+            "measured failure rate (95% cluster-robust CI),\nbound dashed (where a proof gives "
+            "one), exact x, k at which the bound reaches the target dotted;\n"
+            "no failure: a downward triangle at the upper end of its interval",
+            fontsize="medium",
+        )
+        return save(fig, (out or folder / "figures") / "failure_vs_k")

@@ -1,0 +1,100 @@
+"""Combine spectrum runs of disjoint shards into one run (Chan's parallel moments)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowrank.errors import LowrankError
+from lowrank.runs.folders import SpectrumRun, read_run, stats_arrays
+
+# What must agree for two runs to describe the same experiment.
+_SAME = ("seq_len", "num_layers", "num_heads", "heatmap_index")
+
+
+def _describe(run: SpectrumRun) -> dict[str, Any]:
+    identity = dict(run.meta.get("identity", {}))
+    identity.pop("shard", None)
+    return {
+        "model": (run.meta["model"].get("path"), run.meta["model"].get("revision")),
+        "corpus": (
+            run.meta["corpus"].get("dataset"),
+            run.meta["corpus"].get("source"),
+            run.meta["corpus"].get("split"),
+        ),
+        "policy": {
+            k: v
+            for k, v in run.meta.get("sequence_policy", {}).items()
+            if k in ("policy", "special_tokens", "order", "keep_short")
+        },
+        "identity": identity,
+        **{k: run.meta.get(k) for k in _SAME},
+    }
+
+
+def merge_runs(runs: list[SpectrumRun]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metadata and arrays of the merged run; shards are combined in shard order.
+
+    Raises:
+        LowrankError: runs of different models, corpora, n or policies, or repeated shards.
+    """
+    if len(runs) < 2:
+        raise LowrankError("lowrank merge needs at least two run folders")
+    first = _describe(runs[0])
+    for run in runs[1:]:
+        other = _describe(run)
+        for key, value in first.items():
+            if other[key] != value:
+                raise LowrankError(
+                    f"cannot merge '{run.path}' with '{runs[0].path}': they differ in {key} "
+                    f"({other[key]} vs {value})"
+                )
+    shards = [run.meta.get("shard") for run in runs]
+    if any(s is None for s in shards):
+        raise LowrankError(
+            "lowrank merge combines shards of one run (made with --shard i/N); "
+            f"'{runs[shards.index(None)].path}' is not a shard"
+        )
+    indices = [s["index"] for s in shards]  # type: ignore[index]
+    counts = {s["count"] for s in shards}  # type: ignore[index]
+    if len(counts) != 1:
+        raise LowrankError(f"the runs split the sequences differently ({sorted(counts)} shards)")
+    if len(set(indices)) != len(indices):
+        raise LowrankError(f"shard {max(indices, key=indices.count)} is given twice")
+    order = sorted(range(len(runs)), key=lambda i: indices[i])
+    stats = runs[order[0]].stats
+    for i in order[1:]:
+        stats = stats.merge(runs[i].stats)
+    arrays = stats_arrays(stats) | {
+        "input_ids": np.concatenate([runs[i].input_ids for i in order]),
+    }
+    masks = [runs[i].attention_mask for i in order]
+    if any(m is not None for m in masks):
+        arrays["attention_mask"] = np.concatenate(
+            [
+                m if m is not None else np.ones_like(runs[i].input_ids)
+                for m, i in zip(masks, order, strict=True)
+            ]
+        )
+    meta = dict(runs[order[0]].meta)
+    total = counts.pop()
+    meta |= {
+        "num_sequences": stats.count,
+        "shard": None,
+        "merged_from": [
+            {"path": str(runs[i].path), "shard": indices[i], "num_sequences": runs[i].stats.count}
+            for i in order
+        ],
+        "complete": sorted(indices) == list(range(1, total + 1)),
+        "identity": first["identity"],
+        "analysis_seconds": sum(float(runs[i].meta.get("analysis_seconds", 0)) for i in order),
+    }
+    return meta, arrays
+
+
+def merge_folders(folders: list[Path]) -> tuple[dict[str, Any], dict[str, np.ndarray], bool]:
+    runs = [read_run(f) for f in folders]
+    meta, arrays = merge_runs(runs)
+    return meta, arrays, bool(meta["complete"])
