@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shlex
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, get_args
 
 import click
@@ -53,19 +55,36 @@ class CommaList(click.ParamType):
         return tuple(out)
 
 
+DEBUG_ENV = "LOWRANK_DEBUG"
+
+
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CPU or CUDA allocator failures, recognised without importing torch."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
 def handle_errors(func: F) -> F:
-    """Turn domain errors (and a few foreseeable system errors) into one line, exit 2."""
+    """Turn domain errors into one line and exit code 2; Ctrl-C into exit code 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except LowrankError as exc:
+            if _debugging():
+                traceback.print_exc()
             _fail(str(exc))
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was written", err=True)
@@ -74,9 +93,75 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_DEBUG = {"on": False}
+
+
+def _debugging() -> bool:
+    return _DEBUG["on"] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+class LowrankGroup(click.Group):
+    """The command group, answering every failure with one line.
+
+    Usage mistakes (an unknown option, a value of the wrong type): ``error: ...``, exit 2.
+    Running out of memory: one line naming the options that lower it, exit 2. Any other
+    exception: ``internal error: ...``, exit 1, with the full traceback under ``--debug``
+    (accepted anywhere on the line) or ``LOWRANK_DEBUG=1``.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        words = list(sys.argv[1:] if args is None else args)
+        _DEBUG["on"] = "--debug" in words
+        words = [w for w in words if w != "--debug"]
+        if not standalone_mode:
+            return super().main(words, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(words, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "lowrank"
+            _fail(f"{_one_line(exc.format_message())} (see '{where} --help')")
+        except click.ClickException as exc:
+            click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("interrupted: nothing was written", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if _debugging():
+                raise
+            if _is_out_of_memory(exc):
+                _fail(
+                    f"out of memory ({type(exc).__name__}): lower --batch-size, --seq-len or "
+                    "--n, or use a machine or --device with more free memory"
+                )
+            click.echo(
+                f"internal error: {type(exc).__name__}: {_one_line(str(exc))}; please report "
+                "it with the output of the same command run with --debug",
+                err=True,
+            )
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=LowrankGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lowrank")
-def main() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show the full traceback of an error (accepted anywhere on the line; or set "
+    "LOWRANK_DEBUG=1).",
+)
+def main(debug: bool) -> None:
     """Empirical low-rank analysis of transformer self-attention (Linformer, Wang et al. 2020).
 
     Start with `lowrank spectrum`: it runs the embedded pretrained MiniLM on the embedded
