@@ -209,3 +209,102 @@ def test_hub_dataset_unreachable_and_not_cached_is_one_line(monkeypatch, tmp_pat
     with pytest.raises(LowrankError, match="not in the local cache") as info:
         load_corpus(dataset, None)
     assert hint in str(info.value) and "\n" not in str(info.value)
+
+
+# --- bounded, streaming reads (issue 17) -------------------------------------------------------
+
+
+def test_csv_fields_longer_than_the_csv_default_limit_are_read(tmp_path):
+    import csv
+
+    long = "word " * 40_000  # 200,000 characters, over csv's default 131,072
+    path = tmp_path / "long.csv"
+    path.write_text(f'text,label\n"{long}",1\n"short one",0\n', encoding="utf-8")
+    before = csv.field_size_limit()
+    corpus = load_corpus(None, str(path))
+    assert corpus.documents == [long.strip(), "short one"]
+    assert csv.field_size_limit() == before  # the raised limit does not leak
+
+
+def test_csv_field_limit_is_restored_after_a_refusal(tmp_path, monkeypatch):
+    import csv
+
+    from lowrank.inputs import reading
+
+    monkeypatch.setattr(reading, "MAX_LINE_CHARS", 1000)
+    field = "\n".join(["twenty characters ok"] * 100)  # 2,100 characters over 100 lines
+    path = tmp_path / "long.csv"
+    path.write_text(f'text\n"{field}"\n')
+    before = csv.field_size_limit()
+    with pytest.raises(LowrankError, match=r"line \d+ of .* holds a field longer than 1,000"):
+        load_corpus(None, str(path))
+    assert csv.field_size_limit() == before
+
+
+def test_json_list_and_utf8_byte_order_mark(tmp_path):
+    rows = [{"text": "first review"}, {"review": "ignored", "text": "second"}]
+    listed = tmp_path / "rows.json"
+    listed.write_text(json.dumps(rows, indent=2))
+    assert load_corpus(None, str(listed)).documents == ["first review", "second"]
+    lines = tmp_path / "lines.json"  # JSON Lines under a .json name
+    lines.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_corpus(None, str(lines)).documents == ["first review", "second"]
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps({"text": "only"}, indent=2))
+    assert load_corpus(None, str(single)).documents == ["only"]
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffFirst line.\nSecond line.".encode())
+    assert load_corpus(None, str(bom)).documents == ["First line.\nSecond line."]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_read_text_in_small_chunks_equals_decoding_the_whole_file(tmp_path, monkeypatch, chunk):
+    """Chunk boundaries inside multi-byte characters and between CR and LF change nothing."""
+    from lowrank.inputs import reading
+    from lowrank.inputs.reading import read_text
+
+    monkeypatch.setattr(reading, "_CHUNK", chunk)
+    text = "Größe — 3 €\r\nnaïve 😀 text\n\nend\rlast é"
+    path = tmp_path / "t.txt"
+    path.write_bytes(text.encode("utf-8"))
+    assert read_text(path) == text
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("abcdé".encode() + b"\xe9xyz")  # a latin-1 byte after 6 UTF-8 bytes
+    with pytest.raises(LowrankError, match="bad byte 0xe9 at offset 6"):
+        read_text(bad)
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes("abc€".encode()[:-1])  # a character cut off by the end of the file
+    with pytest.raises(LowrankError, match=r"not UTF-8 text .* at offset 3"):
+        read_text(cut)
+
+
+@pytest.mark.parametrize("chunk", [5, 2**20])
+def test_line_cap_is_exact(tmp_path, monkeypatch, chunk):
+    from lowrank.inputs import reading
+    from lowrank.inputs.reading import read_text
+
+    monkeypatch.setattr(reading, "_CHUNK", chunk)
+    monkeypatch.setattr(reading, "MAX_LINE_CHARS", 40)
+    ok = tmp_path / "ok.txt"
+    ok.write_text("short\n" + "x" * 40 + "\n" + "y" * 40)  # lines at the cap are read
+    assert read_text(ok).splitlines()[1:] == ["x" * 40, "y" * 40]
+    for text, line in [("a\n" + "x" * 41, 2), ("x" * 41 + "\n", 1), ("a\r\nb\r" + "z" * 41, 3)]:
+        over = tmp_path / "over.txt"
+        over.write_text(text, newline="")
+        with pytest.raises(LowrankError, match=f"line {line} of .* longer than 40 characters"):
+            read_text(over)
+
+
+def test_size_cap_counts_bytes_and_names_the_cap(tmp_path, monkeypatch):
+    from lowrank.inputs import reading
+    from lowrank.inputs.reading import read_text
+
+    monkeypatch.setattr(reading, "MAX_CORPUS_BYTES", 2**10)
+    monkeypatch.setattr(reading, "_CHUNK", 100)
+    exact = tmp_path / "exact.txt"
+    exact.write_bytes(b"abc\n" * 256)  # 1,024 bytes: at the cap
+    assert len(read_text(exact)) == 1024
+    over = tmp_path / "over.txt"
+    over.write_bytes(b"abc\n" * 257)
+    with pytest.raises(LowrankError, match=r"holds more than 1 KiB, the most lowrank reads"):
+        read_text(over)

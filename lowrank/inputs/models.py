@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from lowrank.errors import LowrankError
 from lowrank.inputs.hub import hub_reachable, quiet
+from lowrank.inputs.model_files import check_model_files, first_line, read_model_json
 from lowrank.spectra.config import MODEL_PRESETS
 
 if TYPE_CHECKING:
@@ -136,15 +137,23 @@ def check_capturable(name: str, config: dict[str, Any]) -> None:
     from transformers import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-    model_type = str(config.get("model_type"))
-    arch = (config.get("architectures") or [model_type])[0]
+    model_type = str(config.get("model_type") or "")
+    architectures = config.get("architectures")
+    arch = str(architectures[0]) if isinstance(architectures, list) and architectures else None
 
     def refuse(reason: str) -> LowrankError:
+        what = ", ".join([*([arch] if arch else []), f"model_type '{model_type}'"])
         return LowrankError(
-            f"model '{name}' ({arch}, model_type '{model_type}') {reason}: lowrank captures "
-            f"the self-attention of {SUPPORTED_FAMILIES}"
+            f"model '{name}' ({what}) {reason}: lowrank captures the self-attention of "
+            f"{SUPPORTED_FAMILIES}"
         )
 
+    if not model_type:
+        raise LowrankError(
+            f"model '{name}'{f' ({arch})' if arch else ''} has no model_type in its config.json, "
+            f"so its architecture is unknown: lowrank captures the self-attention of "
+            f"{SUPPORTED_FAMILIES}"
+        )
     if model_type not in CONFIG_MAPPING:
         if config.get("auto_map"):
             raise refuse("needs remote code (auto_map in its config), which lowrank never runs")
@@ -158,7 +167,7 @@ def check_capturable(name: str, config: dict[str, Any]) -> None:
     try:
         with quiet():
             parsed = CONFIG_MAPPING[model_type](**settings)
-    except (TypeError, ValueError):  # loading reports a bad config; judge the family here
+    except (TypeError, ValueError, KeyError, AttributeError):  # loading reports a bad config
         parsed = CONFIG_MAPPING[model_type]()
     heads = getattr(parsed, "num_attention_heads", None)
     if not isinstance(heads, int) or heads < 1:
@@ -175,14 +184,14 @@ def check_capturable(name: str, config: dict[str, Any]) -> None:
 
 def _raw_config(source: ModelSource) -> dict[str, Any] | None:
     """``config.json`` of a local or packaged model, or of a hub model already cached."""
-    import json
-
     if source.kind != "hub":
-        try:
-            raw = json.loads((Path(source.location) / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise LowrankError(f"'{source.name}': config.json is unreadable: {exc}") from exc
-        return raw if isinstance(raw, dict) else None
+        raw = read_model_json(Path(source.location) / "config.json")
+        if not isinstance(raw, dict):
+            raise LowrankError(
+                f"'{Path(source.location) / 'config.json'}' is not a JSON object "
+                f"({type(raw).__name__}): re-download or re-save the model"
+            )
+        return raw
     from transformers import PretrainedConfig
 
     try:
@@ -191,6 +200,71 @@ def _raw_config(source: ModelSource) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None  # not cached: checked once loaded
     return raw
+
+
+def _model_folder(source: ModelSource) -> Path | None:
+    """The folder the files of a model are read from: the local or packaged folder, or the
+    hub cache's snapshot (None when the model is not cached)."""
+    if source.kind != "hub":
+        return Path(source.location)
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(source.location, "config.json")
+    except ValueError:  # not a valid repo id: loading says so
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+# --- the tokenizer against the model ---------------------------------------------------------
+
+_PROBE = "The quick brown fox jumps over the lazy dog."
+
+
+def check_vocabulary(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, name: str | None = None
+) -> None:
+    """Refuse a tokenizer that does not fit the model, before any forward pass.
+
+    The tokenizer can emit every id below ``len(tokenizer)`` (its vocabulary and added
+    tokens) and its special-token ids; the model's input embedding table
+    (``model.get_input_embeddings()``, weight [vocab, d]) must have a row for each, or the
+    forward pass fails with an IndexError. A tokenizer that maps plain English text to its
+    unknown token only (a folder whose vocabulary files are missing) is refused too.
+
+    Args:
+        tokenizer: the tokenizer the sequences will be cut with.
+        model: the model they will run through.
+        name: how the message names the model (default: its ``name_or_path``).
+
+    Raises:
+        LowrankError: naming the largest id the tokenizer can emit and the table's rows.
+    """
+    label = name or getattr(model, "name_or_path", "") or type(model).__name__
+    ids = [i for i in tokenizer.all_special_ids if isinstance(i, int)]
+    top = max([len(tokenizer) - 1, *ids])
+    try:
+        table = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        table = None
+    rows = getattr(table, "num_embeddings", None)
+    if isinstance(rows, int) and top >= rows:
+        raise LowrankError(
+            f"the tokenizer of model '{label}' can emit token id {top} ({len(tokenizer)} "
+            f"tokens) but the model's embedding table has {rows} rows: use the tokenizer "
+            "saved with this model, or resize the embeddings "
+            "(model.resize_token_embeddings(len(tokenizer))) and save again"
+        )
+    unk = tokenizer.unk_token_id
+    if unk is not None:
+        with quiet():
+            probe = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+        if probe and all(i == unk for i in probe):
+            raise LowrankError(
+                f"the tokenizer of model '{label}' maps plain text to its unknown token "
+                f"'{tokenizer.unk_token}' only ({len(tokenizer)} tokens): its vocabulary "
+                "files are missing or empty; save the model's tokenizer into its folder"
+            )
 
 
 def _from_pretrained(location: str, local_only: bool, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -204,7 +278,7 @@ def _from_pretrained(location: str, local_only: bool, dtype: torch.dtype) -> tup
 
 
 def _load_hub(source: ModelSource, dtype: torch.dtype) -> tuple[Any, Any]:
-    with quiet():
+    with quiet(progress=False):
         try:
             return _from_pretrained(source.location, True, dtype)
         except OSError:
@@ -223,8 +297,9 @@ def _load_hub(source: ModelSource, dtype: torch.dtype) -> tuple[Any, Any]:
                 f"model '{source.name}' needs remote code, which lowrank never runs: lowrank "
                 f"captures the self-attention of {SUPPORTED_FAMILIES}"
             ) from exc
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LowrankError(f"could not load model '{source.name}' from the hub: {first}") from exc
+        raise LowrankError(
+            f"could not load model '{source.name}' from the hub: {first_line(exc)}"
+        ) from exc
 
 
 def _shape(config: Any) -> tuple[int, int, int | None]:
@@ -244,10 +319,14 @@ def _shape(config: Any) -> tuple[int, int, int | None]:
 def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     """Load a model in eval mode (no dropout on P) with its tokenizer.
 
+    Everything that can be checked without the weights is checked before they are read
+    (:func:`check_capturable`, :func:`check_model_files`); the tokenizer is checked against
+    the embedding table (:func:`check_vocabulary`) before any sequence runs.
+
     Raises:
-        LowrankError: unknown or unreachable model, a folder that is not a model, a model
-            whose attention cannot be captured (:func:`check_capturable`), or one whose config
-            lacks layer/head counts.
+        LowrankError: unknown or unreachable model, a folder that is not a model, a damaged
+            file in it (named), a model whose attention cannot be captured, one whose config
+            lacks layer/head counts, or a tokenizer the model's embeddings cannot take.
     """
     import torch
 
@@ -256,22 +335,40 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> Loaded
     raw = _raw_config(source)
     if raw is not None:  # before any weights or tokenizer are read
         check_capturable(name, raw)
+    folder = _model_folder(source)
+    if folder is not None:
+        check_model_files(folder, complete=source.kind != "hub")
     if source.kind == "hub":
         model, tokenizer = _load_hub(source, torch_dtype)
         revision = getattr(model.config, "_commit_hash", None)
         source = ModelSource(source.name, source.kind, source.location, revision)
     else:
         try:
-            with quiet():
+            with quiet(progress=False):
                 model, tokenizer = _from_pretrained(source.location, True, torch_dtype)
-        except (OSError, ValueError, KeyError) as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LowrankError(f"could not load a model from '{source.name}': {msg}") from exc
+        except (MemoryError, torch.OutOfMemoryError):
+            raise  # not the folder's fault
+        except Exception as exc:  # transformers, torch, safetensors, tokenizers: any damage
+            raise _unloadable(source.name, exc) from exc
     check_capturable(name, model.config.to_dict())
     layers, heads, positions = _shape(model.config)
+    check_vocabulary(tokenizer, model, name)
     model.eval()
     model.to(device)
     return LoadedModel(model, tokenizer, source, layers, heads, positions)
+
+
+def _unloadable(name: str, exc: Exception) -> LowrankError:
+    """One line for a local folder transformers could not load, with what to do."""
+    text = str(exc)
+    if "mismatched" in text or "size mismatch" in text:
+        return LowrankError(
+            f"could not load a model from '{name}': its weights do not have the shapes its "
+            "config.json gives; re-save the model with save_pretrained"
+        )
+    return LowrankError(
+        f"could not load a model from '{name}': {first_line(exc)}; re-download or re-save the model"
+    )
 
 
 def load_masked_lm(loaded: LoadedModel) -> Any | None:
