@@ -147,3 +147,54 @@ def test_two_halves_merge_to_the_whole_run(roberta, wiki_sequences):
     assert merged.count == whole.count
     assert np.abs(merged.cumulative.mean - whole.cumulative.mean).max() <= 1e-12
     assert np.abs(merged.cumulative.m2 - whole.cumulative.m2).max() <= 1e-12
+
+
+# -- the public capture: lowrank.capture(model) during the user's own forward passes --------
+
+
+def test_public_capture_equals_output_attentions(bert_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    from lowrank.hooks.public import capture as public_capture
+
+    model = AutoModel.from_pretrained(bert_dir)
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    texts = ["a short review", "a much longer review of a film that went on and on and on"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        ref = model(**batch, output_attentions=True)
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad(), public_capture(model, qkv=True) as cap:
+        out = model(**batch)
+        model(**batch)  # a second pass: its layers start a new entry
+    assert len(cap) == 2 and cap.num_layers == len(ref.attentions) == 2
+    for layer, expected in enumerate(ref.attentions):  # (B, H, n, n)
+        assert cap.passes[0][layer].shape == expected.shape
+        assert torch.allclose(cap.passes[0][layer], expected, atol=1e-6)
+        assert torch.equal(cap.passes[1][layer], cap.passes[0][layer])
+        assert cap.probs[layer].shape[0] == 2 * len(texts)  # passes joined on the batch
+        q, k, v = cap.queries[layer], cap.keys[layer], cap.values[layer]
+        assert q.shape == k.shape == v.shape == (4, 3, batch["input_ids"].shape[1], 8)
+    assert cap.stack().shape == (2, 4, 3, *ref.attentions[0].shape[-2:])
+    # the forward pass itself is unchanged, and the model is back to its own attention
+    assert torch.allclose(out.last_hidden_state, ref.last_hidden_state, atol=1e-5)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_public_capture_restores_the_model_on_error(bert_dir):
+    from transformers import AutoModel
+
+    from lowrank.hooks.public import capture as public_capture
+
+    model = AutoModel.from_pretrained(bert_dir)
+    model.train()
+    ids = torch.tensor([[101, 2023, 2003, 102]])
+    with pytest.raises(RuntimeError, match="user code failed"), public_capture(model) as cap:
+        model(input_ids=ids)
+        raise RuntimeError("user code failed")
+    assert cap.num_layers == 2 and cap.probs[0].shape == (1, 3, 4, 4)
+    assert model.training and all(m.training for m in model.modules())
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(LowrankError, match="qkv=True"):
+        _ = cap.queries

@@ -107,3 +107,60 @@ def test_help_explains_the_command():
     assert res.exit_code == 0
     for word in ("--model", "--dataset", "--seq-len", "--num-sequences", "minilm", "Figure 1"):
         assert word in res.output
+
+
+# -- lowrank summary: a saved run's table ---------------------------------------------------
+
+
+def _summary_args(out, *extra):
+    return CliRunner().invoke(main, ["summary", str(out), *extra])
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "markdown", "json"])
+def test_summary_prints_the_table_in_every_format(tiny_run, fmt):
+    import io
+
+    import pandas as pd
+
+    out, _ = tiny_run
+    res = _summary_args(out, "--format", fmt, "--at", "20")
+    assert res.exit_code == 0, res.output
+    text = res.stdout
+    if fmt == "csv":
+        table = pd.read_csv(io.StringIO(text))
+    elif fmt == "json":
+        table = pd.DataFrame(json.loads(text))
+    elif fmt == "markdown":
+        lines = [ln.strip().strip("|") for ln in text.splitlines() if ln.strip()]
+        assert set(lines[1].replace("|", "").strip()) <= set(":- ")  # the rule line
+        rows = [[cell.strip() for cell in ln.split("|")] for ln in lines[2:]]
+        header = [cell.strip() for cell in lines[0].split("|")]
+        table = pd.DataFrame(rows, columns=header).apply(pd.to_numeric)
+    else:
+        table = pd.read_csv(io.StringIO(text), sep=r"\s+")
+    run = read_run(out)
+    layers, heads = 3, 4
+    assert len(table) == layers * heads
+    assert list(table.columns[:4]) == ["layer", "head", "index", "c"]
+    assert (table["index"] == 20).all()
+    # csv and json carry full precision; markdown and the aligned table print 6 digits
+    tol = 1e-12 if fmt in ("csv", "json") else 1e-5
+    c = table.sort_values(["layer", "head"])["c"].to_numpy().reshape(layers, heads)
+    assert np.abs(c - run.stats.cumulative.mean[..., 19]).max() <= tol
+    spread = table.sort_values(["layer", "head"])["c_std"].to_numpy().reshape(layers, heads)
+    assert np.abs(spread - run.stats.cumulative.std()[..., 19]).max() <= tol
+    assert ((table["c"] >= 0) & (table["c"] <= 1)).all()
+
+
+def test_summary_of_a_folder_that_is_no_run_is_one_line(tmp_path):
+    res = _summary_args(tmp_path)
+    assert res.exit_code == 2
+    assert res.stderr.count("\n") == 1 and "is not a run folder" in res.stderr
+    res = _summary_args(tmp_path / "missing")
+    assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+def test_summary_refuses_an_index_past_n(tiny_run):
+    out, _ = tiny_run
+    res = _summary_args(out, "--at", str(SEQ_LEN + 1))
+    assert res.exit_code == 2 and f"between 1 and {SEQ_LEN}" in res.stderr

@@ -11,15 +11,21 @@ import torch
 from click.testing import CliRunner
 
 from lowrank.cli import main
+from lowrank.comparisons.kernels import (
+    favor_kernel,
+    iterative_pinv,
+    nystrom_attention,
+    orthogonal_features,
+    performer_attention,
+    scatterbrain_attention,
+    uniform_attention,
+)
 from lowrank.comparisons.methods import (
     CAUSAL_OK,
     FAMILIES,
     budget_cost,
     causal_mask,
-    errors,
-    favor_kernel,
     global_keys,
-    iterative_pinv,
     left_singular,
     linformer_projector,
     local_global_attention,
@@ -32,18 +38,12 @@ from lowrank.comparisons.methods import (
     lsh_parameters,
     lsh_rotations,
     masked_softmax,
-    nystrom_attention,
-    orthogonal_features,
-    performer_attention,
     rebuild_probs,
     restrict,
-    row_entropy,
-    scatterbrain_attention,
-    sink_mass,
     sorted_order,
     sparse_oracle,
-    uniform_attention,
 )
+from lowrank.comparisons.metrics import errors, row_entropy, sink_mass
 from lowrank.comparisons.sink import CompareSink, CompareSpec
 from lowrank.comparisons.workflow import rank_correlation, winners
 from lowrank.hooks.attention import capture
@@ -405,13 +405,13 @@ def uncapturable_dir(tmp_path_factory):
         (["--budget", "4,40"], "exceeds n = 32"),
         (["--budget", "0,8"], "at least 1"),
         (["--budget", "-4"], "at least 1"),
-        (["--budget", "8,4,8"], "lists a budget twice"),
+        (["--budget", "8,4,8"], "lists 8 twice"),
         (["--budget", "4,nan"], "'nan' is not a whole number"),
         (["--budget", "4,inf"], "'inf' is not a whole number"),
         (["--budget", "4.5"], "not a whole number"),
         (["--families", "lsh,flash"], "unknown family 'flash'"),
-        (["--scatterbrain-split", "nan"], "not a finite number"),
-        (["--scatterbrain-split", "inf"], "not a finite number"),
+        (["--scatterbrain-split", "nan"], "must be a finite number"),
+        (["--scatterbrain-split", "inf"], "must be a finite number"),
         (["--scatterbrain-split", "1.5"], "in [0, 1]"),
         (["--focus-budget", "16"], "not one of --budget"),
         (["--model", "{mpnet}"], "cannot be captured"),

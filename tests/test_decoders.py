@@ -67,16 +67,20 @@ def _decoder_config(family: str, vocab: int):
 
 @pytest.fixture(scope="module")
 def decoder_dirs(tmp_path_factory, gpt2_dir) -> dict[str, Path]:
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoTokenizer
 
     tokenizer = _tokenizer()
     folders = {"gpt2": gpt2_dir}
     for seed, family in enumerate(("llama", "mistral", "qwen2")):
         folder = tmp_path_factory.mktemp(f"tiny-{family}")
-        torch.manual_seed(seed)
-        config = _decoder_config(family, len(tokenizer))
-        AutoModel.from_config(config).eval().save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        _decoder_config(family, len(tokenizer)).save_pretrained(folder)
+        # loaded as the family's tokenizer class, the tokenizer may gain tokens (Qwen2's adds
+        # a pad token): the embedding table covers every id it can emit
+        vocab = len(AutoTokenizer.from_pretrained(folder))
+        torch.manual_seed(seed)
+        config = _decoder_config(family, vocab)
+        AutoModel.from_config(config).eval().save_pretrained(folder)
         folders[family] = folder
     return folders
 

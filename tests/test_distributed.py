@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from lowrank.cli import main
 from lowrank.errors import LowrankError
+from lowrank.runs.checkpoints import read_checkpoint, write_checkpoint
 from lowrank.runs.distributed import (
     check_command,
     choose_backend,
@@ -32,7 +33,7 @@ from lowrank.runs.distributed import (
     launch_from_env,
     merge_in_order,
 )
-from lowrank.runs.folders import read_checkpoint, read_run, write_checkpoint
+from lowrank.runs.folders import read_run
 from lowrank.runs.stats import RunningMoments, SpectrumStats
 from lowrank.spectra.pipeline import deal, half_width, tracked
 from tests.helpers import SEQ_LEN

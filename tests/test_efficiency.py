@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -197,6 +198,9 @@ def test_format_1_folders_still_plot(tmp_path):
         "format_version": 1,
         "hardware": {"device": "cpu", "processor": "x86_64", "torch_threads": 2},
         "stack": {"layers": 2, "hidden": 256, "heads": 4, "ffn": 1024},
+        "n": [1024],  # the fields a format 1 run.json held (the schema reads them)
+        "k": [64],
+        "dtype": "float32",
         "batch": None,
         "memory_budget_gib": 0.1,
         "repeats": 3,
@@ -220,3 +224,77 @@ def test_k_at_least_every_n_is_one_line(tmp_path):
     assert res.exit_code == 2
     assert "every --k (512) is at least every --n" in res.output
     assert not (tmp_path / "e").exists()
+
+
+# --- the memory a run needs, estimated before it starts ------------------------------------
+
+
+def _one_error_line(res):
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0].removeprefix("error: ")
+
+
+def test_a_largest_n_beyond_the_free_memory_is_refused_naming_the_largest_that_fits(
+    tmp_path, monkeypatch
+):
+    from lowrank import efficiency as api
+    from lowrank.costs import memory
+    from lowrank.costs.timing import StackShape
+    from lowrank.errors import LowrankError
+
+    free = 2 * 2**30
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free)
+    args = ["efficiency", "--n", "512,65536", "--k", "64", "--device", "cpu"]
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "e")])
+    message = _one_error_line(res)
+    assert message.startswith("--n 65536 needs about ")
+    fit = int(re.search(r"the largest n that fits is (\d+)$", message).group(1))
+    shape = StackShape()  # the CLI's defaults
+    assert memory.estimate_bytes(fit, [64], shape, 4, 1) <= free
+    assert memory.estimate_bytes(fit + 1, [64], shape, 4, 1) > free
+    assert 512 < fit < 65536
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(LowrankError) as caught:
+        api(n=(512, 65536), k=64, device="cpu")
+    assert str(caught.value) == message
+
+
+def test_the_estimate_bounds_the_measured_peak_of_exact_attention():
+    import torch
+
+    from lowrank.costs.memory import activation_bytes
+    from lowrank.costs.timing import StackShape, _inputs, _stacks, peak_memory
+
+    shape = StackShape(1, 64, 4, 128)
+    n = 1024  # the n x n scores (16 MiB a matrix) dominate, as at any n worth refusing
+    exact = _stacks(n, [64], shape)[0][2].eval()
+    x = _inputs(1, n, shape.hidden, torch.device("cpu"), torch.float32)
+    measured = peak_memory(exact, x)
+    assert measured > 4 * n * n * 4  # at least the scores of the four heads
+    assert activation_bytes("exact", 1, n, None, shape, 4) >= measured
+
+
+def test_the_batch_search_stops_where_the_estimate_fills_the_machine(tmp_path, monkeypatch):
+    from lowrank.costs import memory
+    from lowrank.costs.timing import StackShape
+
+    shape = StackShape(1, 16, 2, 32)
+    free = memory.estimate_bytes(256, [16], shape, 4, 2, "exact")  # exact fits batch 2
+    caps = memory.affordable(256, [16], shape, "float32", free)
+    assert caps[("exact", None)] == caps[("sdpa", None)] == 2
+    lin = caps[("linformer", 16)]
+    assert lin > 2 and lin & (lin - 1) == 0  # a power of two
+    assert memory.estimate_bytes(256, [16], shape, 4, lin, "linformer", 16) <= free
+    assert memory.estimate_bytes(256, [16], shape, 4, 2 * lin, "linformer", 16) > free
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free)
+    monkeypatch.setattr(efficiency, "peak_memory", _fake_peak)
+    args = ["efficiency", "--n", "256", "--k", "16", *TINY, "--repeats", "1", "--warmup", "0"]
+    res = CliRunner().invoke(main, [*args, "--memory-budget", "1", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    data = np.load(tmp_path / "b" / "efficiency.npz")
+    # a 1 GiB budget fits 128 exact sequences of the fake peak; the machine only 2
+    assert data["batch_exact"][0] == 2
+    assert data["batch_linformer"][0, 0] == min(lin, 512)

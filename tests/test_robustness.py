@@ -22,6 +22,7 @@ from lowrank.errors import LowrankError
 from lowrank.inputs.corpora import load_corpus
 from lowrank.runs.folders import read_run
 from lowrank.spectra import pipeline
+from lowrank.spectra.api import spectrum
 from tests.helpers import SEQ_LEN
 
 
@@ -113,10 +114,46 @@ def test_out_of_memory_batches_are_retried_smaller(roberta_dir, tmp_path, monkey
         return real(loaded, ids, lengths, padded, device)
 
     monkeypatch.setattr(pipeline, "_spectra", flaky)
-    res = _spectrum(roberta_dir, tmp_path / "oom")
+    res = _spectrum(roberta_dir, tmp_path / "oom", "--auto-batch")
     assert res.exit_code == 0, res.output
     assert "out of memory on a batch of 2: retrying as batches of 1" in res.output
     _assert_same_run(tmp_path / "ref", tmp_path / "oom", tol=1e-12)
+
+
+def test_out_of_memory_without_auto_batch_names_the_batch_size(roberta_dir, tmp_path, monkeypatch):
+    def oom(loaded, ids, lengths, padded, device):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(pipeline, "_spectra", oom)
+    res = _spectrum(roberta_dir, tmp_path / "oom")
+    assert res.exit_code == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert lines == [
+        "error: out of memory on a batch of 2: use --batch-size 1, or pass --auto-batch to "
+        "halve a batch that runs out of memory"
+    ]
+    assert not (tmp_path / "oom" / "run.json").exists()
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_it_starts(roberta_dir, tmp_path, monkeypatch):
+    from lowrank.spectra import memory
+
+    heads, n = 4, SEQ_LEN  # the tiny RoBERTa
+    one = memory.batch_bytes(1, heads, n)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 3 * one + one // 2)
+    ran = []
+    real = pipeline._spectra
+    monkeypatch.setattr(pipeline, "_spectra", lambda *a: ran.append(len(a[2])) or real(*a))
+    res = _spectrum(roberta_dir, tmp_path / "big", "--batch-size", "8")
+    assert res.exit_code == 2 and ran == []  # nothing ran
+    assert "use --batch-size 3 or less, or pass --auto-batch" in res.stderr
+    res = _spectrum(roberta_dir, tmp_path / "auto", "--batch-size", "8", "--auto-batch")
+    assert res.exit_code == 0, res.output
+    assert "--auto-batch runs batches of 3" in res.stderr
+    assert max(ran) == 3
+    res = _spectrum(roberta_dir, tmp_path / "ref", "--batch-size", "3")
+    assert res.exit_code == 0
+    _assert_same_run(tmp_path / "ref", tmp_path / "auto", tol=1e-12)
 
 
 def test_other_runtime_errors_are_not_swallowed(roberta_dir, tmp_path, monkeypatch):
@@ -124,8 +161,13 @@ def test_other_runtime_errors_are_not_swallowed(roberta_dir, tmp_path, monkeypat
         raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(pipeline, "_spectra", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # the API lets it through
+        spectrum(str(roberta_dir), seq_len=SEQ_LEN, num_sequences=2, progress=False)
     res = _spectrum(roberta_dir, tmp_path / "x")
-    assert isinstance(res.exception, RuntimeError)
+    # the CLI names it as an internal error (exit 1), not as a user mistake (exit 2)
+    assert res.exit_code == 1
+    assert "internal error: RuntimeError: shape mismatch" in res.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_partial_run_needs_resume_or_overwrite(roberta_dir, tmp_path):
@@ -289,11 +331,12 @@ def test_non_finite_precision_is_one_line(roberta_dir, tmp_path, value):
     assert "Traceback" not in res.output and not (tmp_path / "p").exists()
 
 
-def test_verify_drops_repeated_eps(roberta_dir, tmp_path):
+def test_verify_refuses_repeated_eps_in_one_line(roberta_dir, tmp_path):
+    # issue 17: a list option with a repeat is refused (it used to be dropped silently)
     args = ["verify", "--model", str(roberta_dir), "--seq-len", str(SEQ_LEN), "--k", "8"]
     args += ["--eps", "0.5,0.5", "--num-sequences", "1", "--inverse-temperatures", "1"]
     args += ["--synthetic-count", "1", "--jl-trials", "10", "--no-theorem2"]
     res = _invoke(*args, "--out", str(tmp_path / "v"))
-    assert res.exit_code == 0, res.output
-    meta = json.loads((tmp_path / "v" / "run.json").read_text())
-    assert meta["eps"] == [0.5]
+    assert res.exit_code == 2, res.output
+    assert "--eps lists 0.5 twice" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "v").exists()

@@ -29,12 +29,8 @@ from lowrank.lengths.fits import (
     rank_measures,
     verdict,
 )
-from lowrank.lengths.workflow import (
-    ScalingSink,
-    choose_batch,
-    estimate_bytes,
-    read_scaling_run,
-)
+from lowrank.lengths.result import read_scaling_run
+from lowrank.lengths.sink import ScalingSink, choose_batch, estimate_bytes
 from lowrank.runs.folders import read_run
 from lowrank.spectra.pipeline import analyse
 from tests.helpers import reference_cumulative

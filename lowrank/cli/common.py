@@ -21,7 +21,6 @@ from lowrank.spectra.config import (
     DatasetName,
     Device,
     Policy,
-    SpectrumConfig,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -215,20 +214,6 @@ def command_line(ctx: click.Context) -> str:
     return shlex.join(words)
 
 
-def _versions() -> dict[str, str]:
-    import numpy
-    import torch
-    import transformers
-
-    return {
-        "lowrank": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
 def _model_help() -> str:
     presets = ", ".join(f"'{k}' ({p.layers}x{p.heads})" for k, p in MODEL_PRESETS.items())
     return (
@@ -279,34 +264,3 @@ def corpus_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
-
-
-def _config(opts: dict[str, Any], num_sequences: int) -> SpectrumConfig:
-    keys = (
-        "model",
-        "dataset",
-        "data",
-        "split",
-        "seq_len",
-        "batch_size",
-        "seed",
-        "policy",
-        "device",
-    )
-    config = SpectrumConfig(**{k: opts.pop(k) for k in keys}, num_sequences=num_sequences)
-    if config.seq_len < 2:
-        raise LowrankError(f"--seq-len {config.seq_len} is too short: use at least 2 tokens")
-    return config
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"2/8"`` -> (2, 8)."""
-    if text is None:
-        return None
-    try:
-        i, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise LowrankError(f"--shard {text!r}: write it as i/N, e.g. 2/8") from None
-    if n < 1 or not 1 <= i <= n:
-        raise LowrankError(f"--shard {text}: need 1 <= i <= N")
-    return i, n

@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from lowrank.cli.common import (
-    _config,
-    _versions,
-    command_line,
-    corpus_options,
-    handle_errors,
-    main,
-)
+from lowrank.cli.common import command_line, corpus_options, handle_errors, main
+
+
+class _Numbers(click.ParamType):
+    """``16,32,64``: comma-separated numbers (whole ones as ints); ``lowrank.compare`` checks
+    their values, so the CLI and the API refuse the same inputs in the same words."""
+
+    name = "numbers"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        out: list[int | float] = []
+        for item in (t.strip() for t in str(value).split(",") if t.strip()):
+            try:
+                out.append(int(item))
+            except ValueError:
+                try:
+                    out.append(float(item))
+                except ValueError:
+                    self.fail(f"{item!r} is not a number", param, ctx)
+        return tuple(out)
 
 
 @main.command()
 @corpus_options
-@click.option("--num-sequences", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--num-sequences", type=int, default=16, show_default=True)
 @click.option(
     "--budget",
+    type=_Numbers(),
+    metavar="B[,B...]",
     default="16,32,64,128",
     show_default=True,
     help="Budgets b, comma-separated, each in 1..n: about n b stored numbers or score "
@@ -30,16 +45,18 @@ from lowrank.cli.common import (
 )
 @click.option(
     "--families",
+    metavar="NAME[,NAME...]",
     default="all",
     show_default=True,
     help="Comma-separated: lowrank-oracle, linformer, sparse-oracle, lsh, local-global, "
     "performer, nystrom, scatterbrain (the zero and uniform baselines always run).",
 )
-@click.option("--lsh-rounds", default="2", show_default=True, help="LSH hash rounds.")
+@click.option("--lsh-rounds", type=int, default=2, show_default=True, help="LSH hash rounds.")
 @click.option(
     "--globals",
-    "globals_",
-    default="2",
+    "globals",
+    type=int,
+    default=2,
     show_default=True,
     help="Global tokens of local-global (special tokens first, then the first positions).",
 )
@@ -59,7 +76,8 @@ from lowrank.cli.common import (
 )
 @click.option(
     "--scatterbrain-split",
-    default="0.5",
+    type=float,
+    default=0.5,
     show_default=True,
     help="Share of Scatterbrain's budget spent on its sparse part, in [0, 1].",
 )
@@ -72,14 +90,17 @@ from lowrank.cli.common import (
     "||P~ - P||_F / ||P||_F, or the scale-free output error.",
 )
 @click.option(
-    "--focus-budget", default=None, help="Budget of the printed finding (default: the second)."
+    "--focus-budget",
+    type=int,
+    default=None,
+    help="Budget of the printed finding (default: the second).",
 )
 @click.option(
-    "--draw-seed", default="0", show_default=True, help="Seed of E, rotations and features."
+    "--draw-seed", type=int, default=0, show_default=True, help="Seed of E, rotations and features."
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=int,
     default=None,
     help="Threads for each layer's work (default: one per core); does not change the numbers.",
 )
@@ -99,39 +120,8 @@ def compare(**opts: Any) -> None:
     sink mass, c at b and effective rank. Prints the winner per head and whether the
     advantage of low-rank over sparse rises with entropy (Scatterbrain, Chen et al. 2021).
     """
-    from lowrank.comparisons.methods import FAMILIES
-    from lowrank.comparisons.sink import CompareSpec
-    from lowrank.comparisons.workflow import (
-        parse_families,
-        parse_float,
-        parse_number_list,
-        run_compare,
-    )
+    from lowrank.comparisons.api import compare as run
 
     ctx = click.get_current_context()
-    config = _config(opts, opts.pop("num_sequences"))
-    families = FAMILIES if opts["families"] == "all" else parse_families(opts["families"])
-    focus = opts["focus_budget"]
-    spec = CompareSpec(
-        budgets=tuple(sorted(parse_number_list(opts["budget"], "--budget"))),
-        families=families,
-        rounds=parse_number_list(opts["lsh_rounds"], "--lsh-rounds")[0],
-        globals_=parse_number_list(opts["globals_"], "--globals")[0],
-        pinv=opts["nystrom_pinv"],
-        support=opts["scatterbrain_sparse"],
-        split=parse_float(opts["scatterbrain_split"], "--scatterbrain-split"),
-        metric=opts["metric"],
-        focus=None if focus is None else parse_number_list(focus, "--focus-budget")[0],
-        seed=parse_number_list(opts["draw_seed"], "--draw-seed")[0],
-    )
-    run_compare(
-        config,
-        spec,
-        opts["out"],
-        opts["overwrite"],
-        opts["plot"],
-        command_line(ctx),
-        _versions(),
-        datetime.now(UTC).isoformat(timespec="seconds"),
-        workers=opts["workers"],
-    )
+    res = run(opts.pop("model"), None, opts.pop("data"), **opts, command=command_line(ctx))
+    click.echo(res.report())

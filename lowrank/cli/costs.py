@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
 import click
 
-from lowrank.cli.common import (
-    CommaList,
-    _versions,
-    command_line,
-    handle_errors,
-    main,
-)
-from lowrank.errors import LowrankError
-from lowrank.spectra.config import (
-    Device,
-    DType,
-)
+from lowrank.cli.common import CommaList, command_line, handle_errors, main
+from lowrank.spectra.config import Device, DType
 
 
 @main.command()
@@ -43,25 +32,39 @@ from lowrank.spectra.config import (
 @click.option("--dtype", type=click.Choice(get_args(DType)), default="float32", show_default=True)
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=int,
     default=None,
     help="Fixed batch (default 1, or the largest that fits --memory-budget).",
 )
 @click.option(
     "--memory-budget",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     default=None,
     help="GiB: time each stack at the largest power-of-two batch whose peak memory fits, and "
     "report the ratio of those batches as the memory saving (the paper's setting).",
 )
-@click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--ffn", type=click.IntRange(min=1), default=1024, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option(
+    "--layers", type=int, default=2, show_default=True, help="Encoder blocks in each stack."
+)
+@click.option(
+    "--hidden",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Model width D (a multiple of --heads).",
+)
+@click.option("--heads", type=int, default=4, show_default=True, help="Attention heads.")
+@click.option("--ffn", type=int, default=1024, show_default=True, help="Width of each block's MLP.")
+@click.option(
+    "--warmup",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Untimed rounds before the timed ones.",
+)
 @click.option(
     "--repeats",
-    type=click.IntRange(min=1),
+    type=int,
     default=5,
     show_default=True,
     help="Timed rounds, one forward pass per stack each, in an order reversed every round; "
@@ -85,27 +88,8 @@ def efficiency(**opts: Any) -> None:
     batches that fit (the paper's measure). Prints one table per measure (rows n, columns k)
     and writes efficiency.csv/json/npz, run.json.
     """
-    from lowrank.costs.timing import StackShape
-    from lowrank.costs.workflow import run_efficiency
-    from lowrank.spectra.pipeline import resolve_device
+    from lowrank.costs.api import efficiency as run
 
-    if opts["batch_size"] is not None and opts["memory_budget"] is not None:
-        raise LowrankError("give either --batch-size or --memory-budget, not both")
-    shape = StackShape(opts["layers"], opts["hidden"], opts["heads"], opts["ffn"])
-    run_efficiency(
-        sorted(set(opts["ns"])),
-        sorted(set(opts["ks"])),
-        shape,
-        resolve_device(opts["device"]),
-        opts["dtype"],
-        opts["batch_size"],
-        opts["memory_budget"],
-        opts["warmup"],
-        opts["repeats"],
-        opts["out"],
-        opts["overwrite"],
-        opts["plot"],
-        command_line(click.get_current_context()),
-        _versions(),
-        datetime.now(UTC).isoformat(timespec="seconds"),
-    )
+    opts["n"], opts["k"] = opts.pop("ns"), opts.pop("ks")
+    res = run(**opts, command=command_line(click.get_current_context()))
+    click.echo(res.report())

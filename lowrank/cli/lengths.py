@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
 import click
 
-from lowrank.cli.common import (
-    CommaList,
-    _model_help,
-    _versions,
-    command_line,
-    handle_errors,
-    main,
-)
-from lowrank.spectra.config import (
-    DatasetName,
-    Device,
-    DType,
-    SpectrumConfig,
-)
+from lowrank.cli.common import CommaList, _model_help, command_line, handle_errors, main
+from lowrank.spectra.config import DatasetName, Device, DType
 
 
 @main.command()
@@ -48,7 +35,7 @@ from lowrank.spectra.config import (
 )
 @click.option(
     "--num-sequences",
-    type=click.IntRange(min=2),
+    type=int,
     default=16,
     show_default=True,
     help="Documents to analyse, each at every n (capped by those long enough).",
@@ -61,41 +48,41 @@ from lowrank.spectra.config import (
 )
 @click.option(
     "--tau",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=float,
     default=0.1,
     show_default=True,
     help="Output error of output_rank: the smallest k with ||PV - (PV)_k|| / ||PV|| <= tau.",
 )
 @click.option(
     "--fixed-index",
-    type=click.IntRange(min=1),
+    type=int,
     default=None,
     help="Index of c_at_fixed (default: the smallest n, the largest index every n has).",
 )
 @click.option(
     "--bootstrap",
-    type=click.IntRange(min=50),
+    type=int,
     default=1000,
     show_default=True,
     help="Resamples of documents behind every interval and verdict.",
 )
-@click.option("--bootstrap-seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--bootstrap-seed", type=int, default=0, show_default=True)
 @click.option(
     "--precision",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     default=None,
     help="Per n: stop once the 95% half-width of every mean c value the spectrum figures "
     "read is below this; the fits use the documents every n analysed.",
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=int,
     default=None,
     help="Fixed batch (default: the largest that the memory estimate fits in --memory-budget).",
 )
 @click.option(
     "--memory-budget",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     default=None,
     help="GiB of working memory above the model that chooses the batch at every n "
     "(default: a quarter of the free memory).",
@@ -123,38 +110,14 @@ def scaling(**opts: Any) -> None:
     preferred model predicts the held-out n within 10%; else 'cannot tell with these n'.
     Writes <out>/scaling.npz and <out>/run.json.
     """
-    from lowrank.lengths.workflow import ScalingSpec, run_scaling
+    from lowrank.lengths.api import scaling as run
 
-    config = SpectrumConfig(
-        model=opts["model"],
-        dataset=opts["dataset"],
-        data=opts["data"],
-        split=opts["split"],
-        seq_len=max(opts["ns"]),
-        num_sequences=opts["num_sequences"],
-        batch_size=opts["batch_size"] or 1,
-        seed=opts["seed"],
-        policy="document",
-        device=opts["device"],
-        dtype=opts["dtype"],
+    opts["seq_len"] = opts.pop("ns")
+    res = run(
+        opts.pop("model"),
+        None,
+        opts.pop("data"),
+        **opts,
+        command=command_line(click.get_current_context()),
     )
-    spec = ScalingSpec(
-        ns=tuple(opts["ns"]),
-        tau=opts["tau"],
-        fixed_index=opts["fixed_index"],
-        bootstrap=opts["bootstrap"],
-        bootstrap_seed=opts["bootstrap_seed"],
-        batch_size=opts["batch_size"],
-        memory_budget=opts["memory_budget"],
-    )
-    run_scaling(
-        config,
-        spec,
-        opts["out"],
-        opts["overwrite"],
-        opts["plot"],
-        opts["precision"],
-        command_line(click.get_current_context()),
-        _versions(),
-        datetime.now(UTC).isoformat(timespec="seconds"),
-    )
+    click.echo(res.report())

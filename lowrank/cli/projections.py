@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from lowrank.cli.common import (
-    CommaList,
-    _config,
-    _versions,
-    command_line,
-    corpus_options,
-    handle_errors,
-    main,
-)
+from lowrank.cli.common import CommaList, command_line, corpus_options, handle_errors, main
 
+# The choices, as lowrank.projections.sketches defines them (a test checks they agree; the
+# library is not imported here, so `lowrank --help` does not load torch).
 METHODS = (
     "gaussian",
     "rademacher",
@@ -126,32 +119,21 @@ def project(**opts: Any) -> None:
     hidden states (and masked-LM loss, for models with an MLM head) are compared with the
     exact model.
     """
-    from lowrank.projections.approximation import ProjectionSpec
-    from lowrank.projections.project import run_project
+    from lowrank.projections.api import project as run
 
     ctx = click.get_current_context()
-    config = _config(opts, opts.pop("num_sequences"))
-    spec = ProjectionSpec(
-        tuple(opts["methods"]),
-        tuple(sorted(set(opts["ks"]))),
-        opts["draws"],
-        opts["delta"],
-        opts["proj_seed"],
-        tuple(dict.fromkeys(opts["estimators"])),
+    res = run(
+        opts.pop("model"),
+        None,
+        opts.pop("data"),
+        k=opts.pop("ks"),
+        method=opts.pop("methods"),
+        estimator=opts.pop("estimators"),
+        sharing=opts.pop("sharings"),
+        **opts,
+        command=command_line(ctx),
     )
-    run_project(
-        config,
-        spec,
-        tuple(opts["sharings"]),
-        opts["model_effect"],
-        opts["out"],
-        opts["overwrite"],
-        opts["plot"],
-        opts["heatmap_k"],
-        command_line(ctx),
-        _versions(),
-        datetime.now(UTC).isoformat(timespec="seconds"),
-    )
+    click.echo(res.report())
 
 
 @main.command()
@@ -260,32 +242,15 @@ def verify(**opts: Any) -> None:
     smallest k that reaches --target is set beside the k at which the bound reaches the same
     level. Writes verify.csv, verify.json, verify.npz and run.json.
     """
-    from lowrank.projections.verify import run_verify
+    from lowrank.projections.api import verify as run
 
     ctx = click.get_current_context()
-    config = _config(opts, opts.pop("num_sequences"))
-    betas = opts["inverse_temperatures"]
-    if opts["temperatures"] is not None:
-        click.echo(
-            "warning: --temperatures is deprecated: use --inverse-temperatures (same values)",
-            err=True,
-        )
-        betas = opts["temperatures"]
-    run_verify(
-        config,
-        list(dict.fromkeys(opts["eps"])),
-        sorted(set(opts["ks"])),
-        list(betas),
-        opts["synthetic_count"],
-        opts["jl_trials"],
-        opts["target"],
-        opts["theorem2"],
-        opts["verify_seed"],
-        opts["delta"],
-        opts["out"],
-        opts["overwrite"],
-        opts["plot"],
-        command_line(ctx),
-        _versions(),
-        datetime.now(UTC).isoformat(timespec="seconds"),
+    res = run(
+        opts.pop("model"),
+        None,
+        opts.pop("data"),
+        k=opts.pop("ks"),
+        **opts,
+        command=command_line(ctx),
     )
+    click.echo(res.report())

@@ -1,9 +1,10 @@
-"""Commands on run folders: `lowrank figures`, `lowrank merge`."""
+"""Commands on run folders: `lowrank figures`, `lowrank merge`, `lowrank summary`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -13,6 +14,9 @@ from lowrank.cli.common import (
     main,
 )
 from lowrank.errors import LowrankError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @main.command()
@@ -51,7 +55,9 @@ def figures(
     (layers); and the combined Figure 1 (figure1): spectrum panels next to a heatmap.
     """
     from lowrank.plots.spectrum import LayerMetric, read_runs, write_figures
+    from lowrank.runs.writing import check_writable
 
+    check_writable(out)
     loaded = read_runs(runs)
     if heatmap_run > len(loaded):
         raise LowrankError(f"--heatmap-run {heatmap_run}: only {len(loaded)} runs were given")
@@ -76,18 +82,63 @@ def merge(parts: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     the run over all sequences at once (up to float64 rounding). Runs of different models,
     corpora, n or sequence policies are refused.
     """
-    from lowrank.runs.folders import check_out_dir, write_run
-    from lowrank.runs.merge import merge_folders
+    from lowrank.spectra.api import merge as merge_runs
 
-    meta, arrays, complete = merge_folders(list(parts))
-    check_out_dir(out, meta["identity"] | {"merged": True}, overwrite)
-    meta["identity"] = meta["identity"] | {"merged": True}
-    meta["command"] = command_line(click.get_current_context())
-    write_run(out, meta, arrays)
-    if not complete:
-        click.echo(
-            "warning: not every shard of the run was given; the merged run covers "
-            f"{meta['num_sequences']} sequences",
-            err=True,
-        )
-    click.echo(f"merged {len(parts)} shards ({meta['num_sequences']} sequences) into {out}")
+    command = command_line(click.get_current_context())
+    res = merge_runs(parts, out, overwrite, command=command)
+    click.echo(f"merged {len(parts)} shards ({res.count} sequences) into {out}")
+
+
+def _table(df: pd.DataFrame) -> str:
+    return str(df.to_string(index=False))
+
+
+def _csv(df: pd.DataFrame) -> str:
+    return str(df.to_csv(index=False)).rstrip("\n")
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    return str(df.to_markdown(index=False))
+
+
+def _json(df: pd.DataFrame) -> str:
+    return str(df.to_json(orient="records", double_precision=15))
+
+
+FORMATS: dict[str, Callable[[pd.DataFrame], str]] = {
+    "table": _table,
+    "csv": _csv,
+    "markdown": _markdown,
+    "json": _json,
+}
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option(
+    "--at",
+    type=int,
+    default=None,
+    help="The run's natural index: the singular-value index for spectrum runs (default: "
+    "the heatmap index, 128 for n = 512), k for project/verify, the budget for compare, n "
+    "for scaling/efficiency.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(list(FORMATS)),
+    default="table",
+    show_default=True,
+    help="table (aligned text), csv, markdown, or json (a list of records).",
+)
+@handle_errors
+def summary(run: Path, at: int | None, fmt: str) -> None:
+    """Print a saved run's paper table: one row per (layer, head) for spectrum runs.
+
+    Reads any run folder (lowrank.load) and prints its summary(at=...) as an aligned table,
+    CSV, Markdown or JSON records; no model or corpus is needed.
+    """
+    from lowrank.runs.result import load
+
+    table = load(run).summary(at=at) if at is not None else load(run).summary()
+    click.echo(FORMATS[fmt](table))

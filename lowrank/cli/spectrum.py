@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
+import sys
 from pathlib import Path
 from typing import Any, get_args
 
 import click
 
-from lowrank.cli.common import (
-    _model_help,
-    _versions,
-    command_line,
-    handle_errors,
-    main,
-    parse_shard,
-)
-from lowrank.errors import LowrankError, require_finite_positive
+from lowrank.cli.common import _model_help, command_line, handle_errors, main
 from lowrank.spectra.config import (
     PAPER_NUM_SEQUENCES,
     PAPER_SEQ_LEN,
@@ -25,7 +16,6 @@ from lowrank.spectra.config import (
     Device,
     DType,
     Policy,
-    SpectrumConfig,
 )
 
 
@@ -61,7 +51,20 @@ from lowrank.spectra.config import (
     show_default=True,
     help="Sequences to analyse (the paper: 10k), capped by what the corpus holds.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Sequences per forward pass (the numbers do not depend on it). Checked against the "
+    "free memory before the first batch.",
+)
+@click.option(
+    "--auto-batch",
+    is_flag=True,
+    help="Out of memory: cut the batch to what fits (and halve one that still fails) instead "
+    "of stopping with the batch size to use.",
+)
 @click.option(
     "--seed",
     type=int,
@@ -143,34 +146,25 @@ def spectrum(**opts: Any) -> None:
     rank-k attention captures at most c_k and needs at least these ranks. They do not
     compare one to one with an encoder's (README, "Causal attention").
     """
-    from lowrank.spectra.workflow import run_spectrum
+    from lowrank.spectra.api import spectrum as run
+    from lowrank.spectra.workflow import RunInterrupted, default_out
 
-    precision = opts.pop("precision")
-    if precision is not None:
-        require_finite_positive("--precision", precision)
-    out, overwrite, plot = opts.pop("out"), opts.pop("overwrite"), opts.pop("plot")
-    shard, resume, every = (
-        parse_shard(opts.pop("shard")),
-        opts.pop("resume"),
-        opts.pop("checkpoint_every"),
-    )
-    backend, verbose = opts.pop("backend"), opts.pop("verbose")
-    config = SpectrumConfig(**opts)
-    if config.seq_len < 2:
-        raise LowrankError(f"--seq-len {config.seq_len} is too short: use at least 2 tokens")
-    run_spectrum(
-        config,
-        out=out,
-        overwrite=overwrite,
-        plot=plot,
-        precision=precision,
-        command=command_line(click.get_current_context()),
-        versions=_versions(),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        clock=time.perf_counter,
-        shard=shard,
-        resume=resume,
-        checkpoint_every=every,
-        backend=backend,
-        verbose=verbose,
-    )
+    out = opts.pop("out") or default_out(opts["model"], opts["dataset"], opts["data"])
+    model, data = opts.pop("model"), opts.pop("data")
+    try:
+        res = run(
+            model, None, data, out=out, command=command_line(click.get_current_context()), **opts
+        )
+    except RunInterrupted as stop:
+        click.echo(str(stop), err=True)
+        sys.exit(130)
+    if lead_rank():
+        click.echo(res.report())
+
+
+def lead_rank() -> bool:
+    """False on the ranks of a torchrun launch other than rank 0 (only rank 0 prints)."""
+    from lowrank.runs.distributed import launch_from_env
+
+    launch = launch_from_env()
+    return launch is None or launch.rank == 0

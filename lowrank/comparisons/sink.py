@@ -18,6 +18,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from lowrank.comparisons.fast import ChunkContext, fast_metrics
+from lowrank.comparisons.kernels import (
+    nystrom_attention,
+    orthogonal_features,
+    performer_attention,
+    scatterbrain_attention,
+    uniform_attention,
+)
 from lowrank.comparisons.methods import (
     BASELINES,
     CAUSAL_OK,
@@ -29,9 +37,7 @@ from lowrank.comparisons.methods import (
     attention_scores,
     causal_lsh,
     causal_mask,
-    errors,
     global_keys,
-    iterative_pinv,
     left_singular,
     linformer_projector,
     local_global_ranks,
@@ -40,20 +46,11 @@ from lowrank.comparisons.methods import (
     lsh_parameters,
     lsh_rotations,
     masked_softmax,
-    metrics_from,
-    nystrom_attention,
-    orthogonal_features,
-    performer_attention,
     restrict,
-    row_entropy,
-    scatterbrain_attention,
     scatterbrain_split,
-    segment_means,
-    sink_mass,
-    stable_features,
-    uniform_attention,
     variants,
 )
+from lowrank.comparisons.metrics import errors, row_entropy, sink_mass
 from lowrank.errors import LowrankError
 from lowrank.hooks.attention import AttentionCall
 from lowrank.projections.sketches import seeded_generator
@@ -98,24 +95,38 @@ class CompareSpec:
         return self.focus if self.focus is not None else self.budgets[min(1, len(self.budgets) - 1)]
 
     def check(self, n: int) -> None:
+        """Every option against itself and against n (``--seq-len``), in the CLI's words."""
+        from typing import get_args
+
+        from lowrank.inputs.options import check_choices, check_float, check_int, check_seed
+
         if not self.budgets:
             raise LowrankError("--budget: give at least one budget")
         if len(set(self.budgets)) != len(self.budgets):
-            raise LowrankError(f"--budget {list(self.budgets)} lists a budget twice")
+            twice = next(b for i, b in enumerate(self.budgets) if b in self.budgets[:i])
+            raise LowrankError(f"--budget lists {twice} twice: give each value once")
         for b in self.budgets:
-            if b <= 0:
-                raise LowrankError(f"--budget {b}: a budget must be at least 1")
+            check_int("--budget", b, low=1)
             if b > n:
                 raise LowrankError(f"--budget {b} exceeds n = {n}: choose budgets <= --seq-len")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
             raise LowrankError(f"--families: unknown family '{unknown[0]}' ({', '.join(FAMILIES)})")
-        if self.focus is not None and self.focus not in self.budgets:
-            raise LowrankError(f"--focus-budget {self.focus} is not one of --budget")
-        if not (math.isfinite(self.split) and 0 <= self.split <= 1):
+        if not self.families:
+            raise LowrankError("--families: give at least one family")
+        if self.focus is not None:
+            check_int("--focus-budget", self.focus)
+            if self.focus not in self.budgets:
+                raise LowrankError(f"--focus-budget {self.focus} is not one of --budget")
+        check_float("--scatterbrain-split", self.split)
+        if not 0 <= self.split <= 1:
             raise LowrankError(f"--scatterbrain-split {self.split}: give a number in [0, 1]")
-        if self.rounds < 1 or self.globals_ < 0:
-            raise LowrankError("--lsh-rounds must be >= 1 and --globals >= 0")
+        check_int("--lsh-rounds", self.rounds, low=1)
+        check_int("--globals", self.globals_, low=0)
+        check_choices("--nystrom-pinv", [self.pinv], get_args(PinvMethod))
+        check_choices("--scatterbrain-sparse", [self.support], get_args(SupportMethod))
+        check_choices("--metric", [self.metric], get_args(Metric))
+        check_seed("--draw-seed", self.seed)
 
 
 def is_causal(call: AttentionCall) -> bool:
@@ -152,7 +163,7 @@ class CompareSink:
     coverage: list[RunningMoments] = field(default_factory=list)
     head_stats: list[RunningMoments] = field(default_factory=list)
     c_at: list[RunningMoments] = field(default_factory=list)
-    _draws: dict[tuple[str, int, int], Any] = field(default_factory=dict)
+    draws: dict[tuple[str, int, int], Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         f, k, h = len(self.spec.rows), len(self.spec.budgets), self.heads
@@ -245,7 +256,7 @@ class CompareSink:
         out.c_at[lo:hi] = cumulative(s)[:, [b - 1 for b in budgets]]
         sinks = special | (torch.arange(n) == 0)
         out.stats[lo:hi] = torch.stack([row_entropy(p), sink_mass(p, sinks), effective_rank(s)], 1)
-        ctx = _Context(p, q, k, v, exact, scores, s, u, special, causal, scale, layer, heads)
+        ctx = ChunkContext(p, q, k, v, exact, scores, s, u, special, causal, scale, layer, heads)
         ctx.norms, ctx.p_rows = norms, p_rows
         ctx.top = p.topk(max(budgets), dim=-1)
         if "local-global" in self.spec.families:
@@ -257,7 +268,7 @@ class CompareSink:
                 if name == "zero":
                     out.metrics[lo:hi, fi, ki] = torch.tensor([1.0, 1.0, 1.0, 0.0])
                     continue
-                fast = None if self.dense else self._fast(name, b, ctx)
+                fast = None if self.dense else fast_metrics(self, name, b, ctx)
                 if fast is not None:
                     out.metrics[lo:hi, fi, ki], mask = fast
                 else:
@@ -280,13 +291,13 @@ class CompareSink:
         """One draw per (family, layer, budget), the same for every sequence and batch (seeded
         by those three), made before the threads start; only this layer's are kept."""
 
-        if any(key[1] != layer for key in self._draws):
-            self._draws = {}  # keep one layer's draws: memory stays flat in depth
+        if any(key[1] != layer for key in self.draws):
+            self.draws = {}  # keep one layer's draws: memory stays flat in depth
 
         def draw(what: str, b: int, make: Any) -> None:
-            if (what, layer, b) not in self._draws:
+            if (what, layer, b) not in self.draws:
                 gen = seeded_generator(self.spec.seed, _SALT[what], layer, b)
-                self._draws[(what, layer, b)] = make(gen)
+                self.draws[(what, layer, b)] = make(gen)
 
         families = self.spec.families
         for b in self.spec.budgets:
@@ -311,19 +322,19 @@ class CompareSink:
         r, _, buckets = lsh_parameters(n, b, self.spec.rounds)
         return lsh_rotations(heads, r, d, buckets, g)
 
-    def _lsh(self, what: str, b: int, ctx: _Context) -> torch.Tensor:
+    def lsh_support(self, what: str, b: int, ctx: ChunkContext) -> torch.Tensor:
         _, chunk, _ = lsh_parameters(ctx.p.shape[-1], b, self.spec.rounds)
-        rot = self._draws[(what, ctx.layer, b)]
+        rot = self.draws[(what, ctx.layer, b)]
         mask = lsh_mask(ctx.q, ctx.k, None if rot is None else rot[ctx.heads], chunk)
         return causal_lsh(mask) if ctx.causal else mask
 
-    def _approx(self, name: str, b: int, ctx: _Context) -> tuple[Any, torch.Tensor | None]:
+    def _approx(self, name: str, b: int, ctx: ChunkContext) -> tuple[Any, torch.Tensor | None]:
         """``(P~, the keys it attends or None)`` of one family at budget b."""
         p, n = ctx.p, ctx.p.shape[-1]
         if name == "lowrank-oracle":
             return lowrank_oracle(p, b, ctx.u), None
         if name == "linformer":
-            e, _ = self._draws[("linformer", ctx.layer, b)]
+            e, _ = self.draws[("linformer", ctx.layer, b)]
             return linformer_projector(p, e[ctx.heads]), None
         if name in ("sparse-oracle", "sparse-oracle-renorm"):
             values, index = ctx.top.values[..., :b], ctx.top.indices[..., :b]
@@ -331,7 +342,7 @@ class CompareSink:
                 values = values / values.sum(dim=-1, keepdim=True).clamp_min(1e-300)
             return torch.zeros_like(p).scatter_(-1, index, values), None
         if name == "lsh":
-            mask = self._lsh("lsh", b, ctx)
+            mask = self.lsh_support("lsh", b, ctx)
             return restrict(p, mask), mask
         if name == "local-global":
             assert ctx.ranks is not None
@@ -339,7 +350,7 @@ class CompareSink:
             mask = mask & ctx.tril if ctx.tril is not None else mask
             return restrict(p, mask), mask
         if name == "performer":
-            omega = self._draws[("performer", ctx.layer, b)][ctx.heads]
+            omega = self.draws[("performer", ctx.layer, b)][ctx.heads]
             return performer_attention(ctx.q, ctx.k, ctx.scale, omega, ctx.causal), None
         if name == "nystrom":
             return nystrom_attention(ctx.q, ctx.k, ctx.scale, b, self.spec.pinv), None
@@ -349,95 +360,16 @@ class CompareSink:
             return uniform_attention(n, ctx.causal), None
         raise ValueError(f"unknown family {name!r}")
 
-    def _fast(self, name: str, b: int, ctx: _Context) -> tuple[Any, Any] | None:
-        """``(metrics (c, 4), mask or None)`` from the family's structure, without the
-        dense P~ where it has one; None where only the dense path applies. Each equals
-        :func:`errors` on the pure function's P~ (up to rounding; tested)."""
-        p, v, exact = ctx.p, ctx.v, ctx.exact
-        p_norm, o_norm = ctx.norms
-        p_sq = p_norm**2
-
-        def done(err_sq: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-            return metrics_from(err_sq.clamp_min(0).sqrt() / p_norm, out, exact, o_norm)
-
-        if name == "lowrank-oracle":  # Eckart-Young: the tail of the spectrum
-            uk = ctx.u[..., :b]
-            return done((ctx.s[..., b:] ** 2).sum(-1), uk @ (uk.mT @ exact)), None
-        if name == "linformer":  # P B B^T with B orthonormal: ||P||^2 - ||P B||^2
-            basis = self._draws[("linformer", ctx.layer, b)][1][ctx.heads]
-            pb = p @ basis
-            return done(p_sq - (pb**2).sum(dim=(-2, -1)), pb @ (basis.mT @ v)), None
-        if name in ("sparse-oracle", "sparse-oracle-renorm"):
-            values, index = ctx.top.values[..., :b], ctx.top.indices[..., :b]
-            kept = torch.zeros_like(p).scatter_(-1, index, values)
-            return self._restricted(kept, values.sum(-1), name.endswith("renorm"), ctx), None
-        if name in ("lsh", "local-global"):
-            if name == "lsh":
-                mask = self._lsh("lsh", b, ctx)
-            else:
-                assert ctx.ranks is not None
-                mask = ctx.ranks < b
-                mask = mask & ctx.tril if ctx.tril is not None else mask
-            kept = torch.where(mask, p, 0.0)
-            ctx.mass = kept.sum(-1)  # (c, n) share of each row's attention kept
-            return self._restricted(kept, ctx.mass, True, ctx), mask
-        if name == "performer" and not ctx.causal:
-            omega = self._draws[("performer", ctx.layer, b)][ctx.heads]
-            fq, fk, _, _ = stable_features(ctx.q, ctx.k, ctx.scale, omega)
-            a = fq / (fq @ fk.sum(dim=-2, keepdim=True).mT)  # P~ = A fk^T
-            return self._factored(a, fk, p_sq, ctx), None
-        if name == "nystrom":
-            return self._factored(*_nystrom_factors(ctx, b, self.spec.pinv), p_sq, ctx), None
-        if name == "uniform":
-            n = p.shape[-1]
-            counts = torch.arange(1, n + 1, dtype=p.dtype) if ctx.causal else torch.full((n,), n)
-            out = v.cumsum(-2) / counts[:, None] if ctx.causal else v.mean(-2, keepdim=True)
-            err_sq = (ctx.p_rows - 1 / counts).sum(-1)  # rows of P sum to 1
-            return done(err_sq, out.expand_as(exact)), None
-        return None
-
-    def _restricted(
-        self, kept: torch.Tensor, mass: torch.Tensor, renormalise: bool, ctx: _Context
-    ) -> torch.Tensor:
-        """Metrics of ``P~ = kept / mass`` (or ``kept``), kept = P on a support, 0 off it.
-
-        Per row, ``||P~_i - P_i||^2 = (1/r - 1)^2 a + (||P_i||^2 - a)`` with r the mass and a
-        the squared norm of P on the support (r = 1 when not renormalised).
-        """
-        p_norm, o_norm = ctx.norms
-        a = torch.linalg.vector_norm(kept, dim=-1) ** 2
-        out = kept @ ctx.v
-        if renormalise:
-            scale = torch.where(mass > 0, 1 / mass.clamp_min(1e-300), 0.0)
-            out = out * scale[..., None]
-            rows = (scale - 1) ** 2 * a + ctx.p_rows - a
-        else:
-            rows = ctx.p_rows - a
-        p_err = rows.sum(-1).clamp_min(0).sqrt() / p_norm
-        return metrics_from(p_err, out, ctx.exact, o_norm)
-
-    def _factored(
-        self, left: torch.Tensor, right: torch.Tensor, p_sq: torch.Tensor, ctx: _Context
-    ) -> torch.Tensor:
-        """Metrics of ``P~ = L R^T`` (L (c, n, r), R (c, n, r)) without forming it:
-        ``||P~||^2 = <L^T L, R^T R>``, ``<P~, P> = <L, P R>``."""
-        p_norm, o_norm = ctx.norms
-        fro_sq = ((left.mT @ left) * (right.mT @ right)).sum(dim=(-2, -1))
-        inner = (left * (ctx.p @ right)).sum(dim=(-2, -1))
-        err_sq = fro_sq - 2 * inner + p_sq
-        out = left @ (right.mT @ ctx.v)
-        return metrics_from(err_sq.clamp_min(0).sqrt() / p_norm, out, ctx.exact, o_norm)
-
-    def _scatterbrain(self, b: int, ctx: _Context) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scatterbrain(self, b: int, ctx: ChunkContext) -> tuple[torch.Tensor, torch.Tensor]:
         sparse, m = scatterbrain_split(b, self.spec.split)
         if sparse == 0:
             support = torch.zeros_like(ctx.p, dtype=torch.bool)
         elif self.spec.support == "lsh":
-            support = self._lsh("scatterbrain-lsh", sparse, ctx)
+            support = self.lsh_support("scatterbrain-lsh", sparse, ctx)
         else:  # the top entries of P are the top scores of each row
             index = ctx.top.indices[..., :sparse]
             support = torch.zeros_like(ctx.p, dtype=torch.bool).scatter_(-1, index, True)
-        omega = self._draws[("scatterbrain", ctx.layer, m)][ctx.heads] if m else None
+        omega = self.draws[("scatterbrain", ctx.layer, m)][ctx.heads] if m else None
         approx = scatterbrain_attention(
             ctx.q, ctx.k, ctx.scale, support, omega, ctx.causal, ctx.scores
         )
@@ -473,44 +405,6 @@ class _Out:
     stats: torch.Tensor  # (B H, 3)
     c_at: torch.Tensor  # (B H, K)
     gap: torch.Tensor  # (B H,) max |P(Q, K) - captured P|
-
-
-@dataclass
-class _Context:
-    """One chunk's tensors, shared by every family (c matrices)."""
-
-    p: torch.Tensor  # (c, n, n) float64 exact P
-    q: torch.Tensor  # (c, n, d)
-    k: torch.Tensor
-    v: torch.Tensor
-    exact: torch.Tensor  # (c, n, d) P V
-    scores: torch.Tensor  # (c, n, n) Q K^T scale
-    s: torch.Tensor  # (c, n) singular values of P, descending
-    u: torch.Tensor  # (c, n, n) left singular vectors of P, descending
-    special: torch.Tensor  # (c, n) bool
-    causal: bool
-    scale: float
-    layer: int
-    heads: torch.Tensor  # (c,) head of each matrix, to pick its draws
-    norms: Any = None  # (||P||_F, ||P V||_F), each (c,)
-    p_rows: Any = None  # (c, n) squared row norms of P
-    top: Any = None  # topk of each row of P at the largest budget
-    mass: torch.Tensor | None = None  # (c, n) P's mass on the last family's mask
-    ranks: torch.Tensor | None = None  # (c, n, n) local-global key order
-
-    @property
-    def tril(self) -> torch.Tensor | None:
-        return causal_mask(self.p.shape[-1]) if self.causal else None
-
-
-def _nystrom_factors(ctx: _Context, b: int, pinv: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nystromformer's P~ = (F A^+) B as (L, R) with L = F A^+ (c, n, b), R = B^T."""
-    ql, kl = segment_means(ctx.q, b), segment_means(ctx.k, b)
-    f = torch.softmax(attention_scores(ctx.q, kl, ctx.scale), dim=-1)  # (c, n, b)
-    a = torch.softmax(attention_scores(ql, kl, ctx.scale), dim=-1)  # (c, b, b)
-    bt = torch.softmax(attention_scores(ql, ctx.k, ctx.scale), dim=-1).mT  # (c, n, b)
-    inverse = torch.linalg.pinv(a) if pinv == "exact" else iterative_pinv(a)
-    return f @ inverse, bt
 
 
 def _tensors(call: AttentionCall) -> list[torch.Tensor]:
@@ -572,7 +466,9 @@ def measure(
     spec.check(n)
     if (sequences.lengths < n).any():
         raise LowrankError("lowrank compare needs full-length sequences (no padding)")
-    special_ids = list(loaded.tokenizer.all_special_ids)
+    # token ids given without a tokenizer: no token is known to be special
+    tokenizer = loaded.tokenizer
+    special_ids = list(tokenizer.all_special_ids) if tokenizer is not None else []
     sink = CompareSink(
         spec,
         loaded.num_layers,

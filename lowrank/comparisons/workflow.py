@@ -1,89 +1,41 @@
-"""``lowrank compare``: the command's workflow, its conclusions and its summary.
+"""``lowrank compare``: the command's workflow and its conclusions.
 
 :mod:`lowrank.comparisons.sink` measures; here the winners per head and budget are picked, the
 low-rank against sparse advantage is related to each head's entropy (Spearman's rho with a
-bootstrap interval), Scatterbrain is set against its two parts, and the run folder is
-written.
+bootstrap interval), Scatterbrain is set against its two parts, and the result is put
+together (:class:`~lowrank.comparisons.result.CompareResult`; nothing is written here).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 
 from lowrank.comparisons.methods import (
     ACCOUNTING,
     BASELINES,
     CAUSAL_OK,
-    FAMILIES,
     METRICS,
     budget_cost,
     scatterbrain_split,
 )
+from lowrank.comparisons.result import METRIC_KEY, METRIC_LABEL, CompareResult
 from lowrank.comparisons.sink import (
     HEAD_STATS,
     PARITY_TOLERANCE,
     CompareSpec,
     measure,
 )
-from lowrank.errors import LowrankError
+from lowrank.runs.schema import FORMAT_VERSIONS
 from lowrank.spectra.config import SpectrumConfig
 
-METRIC_KEY: dict[str, str] = {
-    "output": "output_error",
-    "probs": "probs_error",
-    "output-scaled": "output_scaled_error",
-}
-METRIC_LABEL: dict[str, str] = {
-    "output_error": "output error ||P~V - PV|| / ||PV||",
-    "probs_error": "attention error ||P~ - P||_F / ||P||_F",
-    "output_scaled_error": "scale-free output error min_a ||a P~V - PV|| / ||PV||",
-    "output_cosine": "output cosine",
-}
-
-
-def parse_number_list(text: str, option: str) -> tuple[int, ...]:
-    """``"16,32,64"`` -> (16, 32, 64); anything but whole numbers is a one-line error."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise LowrankError(f"{option}: give at least one value")
-    out = []
-    for item in items:
-        try:
-            value = float(item)
-        except ValueError:
-            raise LowrankError(f"{option}: {item!r} is not a number") from None
-        if not math.isfinite(value) or value != int(value):
-            raise LowrankError(f"{option}: {item!r} is not a whole number")
-        out.append(int(value))
-    return tuple(out)
-
-
-def parse_float(text: str, option: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise LowrankError(f"{option}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise LowrankError(f"{option}: {text!r} is not a finite number")
-    return value
-
-
-def parse_families(text: str) -> tuple[str, ...]:
-    names = tuple(t.strip() for t in str(text).split(",") if t.strip())
-    for name in names:
-        if name not in FAMILIES:
-            raise LowrankError(f"--families: unknown family '{name}' ({', '.join(FAMILIES)})")
-    if not names:
-        raise LowrankError("--families: give at least one family")
-    return tuple(dict.fromkeys(names))
+if TYPE_CHECKING:
+    from lowrank.inputs.memory import DataInput, ModelInput
+    from lowrank.runs.provenance import Provenance
 
 
 # --- conclusions ---------------------------------------------------------------------------
@@ -245,32 +197,38 @@ def finding_text(entry: dict[str, Any], num_sequences: int) -> str:
 # --- the command ---------------------------------------------------------------------------
 
 
+def compare_identity(config: SpectrumConfig, spec: CompareSpec) -> dict[str, Any]:
+    """``identity`` of a compare run.json (before any in-memory inputs add theirs)."""
+    return config.identity() | {"compare": asdict(spec)}
+
+
 def run_compare(
+    model: ModelInput,
+    tokenizer: Any,
+    data: DataInput,
     config: SpectrumConfig,
     spec: CompareSpec,
-    out: Path,
-    overwrite: bool,
-    plot: bool,
-    command: str,
-    versions: dict[str, str],
-    created: str,
+    provenance: Provenance,
     workers: int | None = None,
-) -> Path:
-    """``lowrank compare``: measure every family, save the run folder, print the finding."""
-    from tqdm import tqdm
+    progress: bool = True,
+) -> CompareResult:
+    """``lowrank compare`` in memory: measure every family on the prepared sequences (a model
+    object is left as found) and conclude; nothing is written or printed."""
+    from tqdm.auto import tqdm
 
-    from lowrank.inputs.prepared import prepare
-    from lowrank.runs.folders import COMPARE_FORMAT, COMPARE_NPZ, check_out_dir, write_run
+    from lowrank.inputs.memory import memory_identity, prepared_inputs
+    from lowrank.runs.folders import COMPARE_FORMAT
 
     start = time.perf_counter()
     spec.check(config.seq_len)
-    identity = config.identity() | {"compare": asdict(spec)}
-    check_out_dir(out, identity, overwrite)
-    prep = prepare(config)
-    loaded, seqs = prep.loaded, prep.sequences
-    n_seq, n = len(seqs.lengths), config.seq_len
-    with tqdm(total=n_seq, unit="seq", desc="compare", file=sys.stderr) as bar:
-        sink = measure(loaded, seqs, spec, config.batch_size, prep.device, bar.update, workers)
+    with prepared_inputs(model, tokenizer, data, config) as prep:
+        seqs = prep.sequences
+        n_seq, n = len(seqs.lengths), config.seq_len
+        with tqdm(total=n_seq, unit="seq", desc="compare", disable=not progress) as bar:
+            sink = measure(
+                prep.loaded, seqs, spec, config.batch_size, prep.device, bar.update, workers
+            )
+    identity = compare_identity(config, spec) | memory_identity(model, data, prep)
     arrays = sink.arrays()
     table = arrays[f"{METRIC_KEY[spec.metric]}_mean"]
     arrays |= {
@@ -288,9 +246,9 @@ def run_compare(
     text = finding_text(found[focus], n_seq)
     meta: dict[str, Any] = {
         "format": COMPARE_FORMAT,
-        "format_version": 1,
-        "command": command,
-        "created": created,
+        "format_version": FORMAT_VERSIONS["lowrank-compare"],
+        "command": provenance.command,
+        "created": provenance.created,
         "identity": identity,
         "config": config.to_json(),
         **prep.meta(config),
@@ -320,32 +278,7 @@ def run_compare(
         "parity_tolerance": PARITY_TOLERANCE,
         "findings": found,
         "finding": text,
-        "versions": versions,
+        "versions": provenance.versions,
         "elapsed_seconds": round(time.perf_counter() - start, 3),
     }
-    write_run(out, meta, arrays, npz=COMPARE_NPZ)
-    _summary(arrays, spec, text, out)
-    if plot:
-        from lowrank.plots.comparisons import plot_compare_folder
-
-        for path in plot_compare_folder(out):
-            click.echo(f"figure: {path}")
-    return out
-
-
-def _summary(arrays: dict[str, np.ndarray], spec: CompareSpec, text: str, out: Path) -> None:
-    from lowrank.runs.folders import COMPARE_NPZ
-
-    key = METRIC_KEY[spec.metric]
-    click.echo(f"\n{METRIC_LABEL[key]}: median over heads of the mean over sequences")
-    click.echo("  family                " + "".join(f"{'b=' + str(b):>9}" for b in spec.budgets))
-    table = arrays[f"{key}_mean"]
-    for i, name in enumerate(spec.rows):
-        flat = table[i].reshape(len(spec.budgets), -1)
-        if np.isnan(flat).all():
-            click.echo(f"  {name:<22}" + "      n/a" * len(spec.budgets))
-            continue
-        click.echo(f"  {name:<22}" + "".join(f"{v:>9.4f}" for v in np.nanmedian(flat, axis=1)))
-    click.echo("")
-    click.echo(text)
-    click.echo(f"run folder: {out}  ({out / 'run.json'}, {out / COMPARE_NPZ})")
+    return CompareResult(meta, arrays)

@@ -308,10 +308,15 @@ def _peak_or_none(model: Encoder, x: torch.Tensor) -> int | None:
         raise
 
 
-def _largest_in_budget(model: Encoder, make: Callable[[int], torch.Tensor], budget: int) -> int:
-    """Largest power-of-two batch whose peak fits ``budget`` bytes; 0 when batch 1 does not."""
+def _largest_in_budget(
+    model: Encoder, make: Callable[[int], torch.Tensor], budget: int, cap: int = BATCH_LIMIT
+) -> int:
+    """Largest power-of-two batch up to ``cap`` whose peak fits ``budget`` bytes; 0 when
+    batch 1 does not (or ``cap`` is 0)."""
 
     def fits(b: int) -> bool:
+        if b > cap:  # the memory estimate says this batch would not fit the machine
+            return False
         peak = _peak_or_none(model, make(b))
         return peak is not None and peak <= budget
 
@@ -329,10 +334,12 @@ def run_grid(
     warmup: int,
     repeats: int,
     progress: Callable[[str], None] = lambda s: None,
+    caps: Callable[[int], dict[tuple[str, int | None], int]] | None = None,
 ) -> list[Measurement]:
     """Measure exact, sdpa and Linformer (each k) for every n: ``repeats`` interleaved rounds
     after ``warmup`` ones, at ``batch`` (default 1) or at the largest power-of-two batch whose
-    peak fits ``budget`` bytes; a stack over the budget at batch 1 is left out."""
+    peak fits ``budget`` bytes; a stack over the budget at batch 1 is left out. ``caps(n)``
+    bounds each stack's batch search by ``(method, k)`` (the machine's memory)."""
     if device.type == "cpu":
         _pin_malloc()  # before the first tensor, so no freed heap block is reused unseen
     records: list[Measurement] = []
@@ -340,9 +347,11 @@ def run_grid(
         stacks = [
             (m, k, e.to(device=device, dtype=dtype).eval()) for m, k, e in _stacks(n, ks, shape)
         ]
+        limits = caps(n) if caps is not None else {}
         records += _measure_n(
-            n, stacks, shape.hidden, device, dtype, batch, budget, warmup, repeats, progress
-        )
+            n, stacks, shape.hidden, device, dtype, batch, budget, warmup, repeats, progress,
+            limits,
+        )  # fmt: skip
         del stacks
         gc.collect()
     return records
@@ -359,16 +368,19 @@ def _measure_n(
     warmup: int,
     repeats: int,
     progress: Callable[[str], None],
+    caps: dict[tuple[str, int | None], int] | None = None,
 ) -> list[Measurement]:
     """The records of one n: choose each stack's batch, measure its peaks at that batch and
-    at the smallest chosen one (the equal batch), then time all stacks in interleaved rounds."""
+    at the smallest chosen one (the equal batch), then time all stacks in interleaved rounds.
+    ``caps`` bounds the batch search of a stack ``(method, k)``."""
 
     def make(b: int) -> torch.Tensor:
         return _inputs(b, n, hidden, device, dtype)
 
     chosen = []
     for method, k, model in stacks:
-        size = (batch or 1) if budget is None else _largest_in_budget(model, make, budget)
+        cap = (caps or {}).get((method, k), BATCH_LIMIT)
+        size = (batch or 1) if budget is None else _largest_in_budget(model, make, budget, cap)
         label = f"n={n} {method}{'' if k is None else f' k={k}'}"
         progress(
             f"{label} batch={size}" if size else f"{label}: over the budget at batch 1, left out"

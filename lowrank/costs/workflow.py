@@ -1,17 +1,16 @@
-"""``lowrank efficiency``: the paper-style Table 3 on this machine, saved with a figure."""
+"""``lowrank efficiency``: the paper-style Table 3 on this machine (measured by
+:mod:`lowrank.costs.timing`), as an :class:`~lowrank.costs.result.EfficiencyResult`."""
 
 from __future__ import annotations
 
-import json
-import math
-import sys
-from pathlib import Path
-from typing import Any
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 import torch
 
+from lowrank.costs.result import BASELINES, EFFICIENCY_FORMAT, EfficiencyResult, Table, as_json
 from lowrank.costs.timing import (
     BATCH_LIMIT,
     Measurement,
@@ -23,20 +22,16 @@ from lowrank.costs.timing import (
     speedup_table,
 )
 from lowrank.errors import LowrankError
-from lowrank.runs.folders import check_out_dir, write_csv, write_run
+from lowrank.runs.schema import FORMAT_VERSIONS
+from lowrank.spectra.config import DType
 
-EFFICIENCY_FORMAT = "lowrank-efficiency"
+if TYPE_CHECKING:
+    from lowrank.runs.provenance import Provenance
+
+log = logging.getLogger(__name__)
+
 # Version 2: interleaved rounds with min/median/max, equal-batch peaks, and under a budget
 # memory_saving_* is the ratio of the largest batches that fit (version 1: ratio of peaks).
-EFFICIENCY_FORMAT_VERSION = 2
-# Two cells of the paper's Table 3 (V100 16 GB, layerwise sharing, largest batch that fits):
-# n -> (k, speed-up, memory saving). A reference, never a row of our tables.
-PAPER_TABLE3 = {4096: (128, 3.4, 14.0), 65536: (128, 20.0, 60.0)}
-BASELINES = {
-    "exact": "standard attention (explicit softmax)",
-    "sdpa": "PyTorch scaled_dot_product_attention",
-}
-Table = dict[tuple[int, int], dict[str, float]]
 
 
 def memory_measure(budget_gib: float | None, batch: int | None) -> str:
@@ -49,69 +44,65 @@ def memory_measure(budget_gib: float | None, batch: int | None) -> str:
     return f"baseline's over Linformer's peak memory per sequence, both at batch {batch or 1}"
 
 
+@dataclass(frozen=True)
+class EfficiencySpec:
+    """What ``lowrank efficiency`` measures (checked by :func:`lowrank.costs.api.efficiency`)."""
+
+    ns: tuple[int, ...] = (512, 1024, 2048, 4096)  # sequence lengths, increasing
+    ks: tuple[int, ...] = (64, 128, 256)  # Linformer's projected lengths, increasing
+    shape: StackShape = field(default_factory=StackShape)
+    dtype: DType = "float32"
+    batch: int | None = None  # a fixed batch; None: 1, or the largest within the budget
+    budget_gib: float | None = None  # --memory-budget
+    warmup: int = 2
+    repeats: int = 5
+
+    def identity(self, device: torch.device) -> dict[str, Any]:
+        """The fields that define a run, as run.json's ``identity`` records them."""
+        return {
+            "n": list(self.ns),
+            "k": list(self.ks),
+            "shape": self.shape.__dict__,
+            "device": str(device),
+            "dtype": self.dtype,
+            "batch": self.batch,
+            "budget_gib": self.budget_gib,
+        }
+
+
 def run_efficiency(
-    ns: list[int],
-    ks: list[int],
-    shape: StackShape,
-    device: torch.device,
-    dtype: str,
-    batch: int | None,
-    budget_gib: float | None,
-    warmup: int,
-    repeats: int,
-    out: Path,
-    overwrite: bool,
-    plot: bool,
-    command: str,
-    versions: dict[str, str],
-    created: str,
-) -> Path:
-    if any(n < 2 for n in ns):
-        raise LowrankError("--n values must be at least 2")
-    if any(k < 1 for k in ks):
-        raise LowrankError("--k values must be positive")
-    if min(ks) >= max(ns):
-        raise LowrankError(
-            f"every --k ({', '.join(map(str, ks))}) is at least every --n: Linformer projects n "
-            "keys to k < n, so choose k below some n"
-        )
-    if budget_gib is not None and not (math.isfinite(budget_gib) and budget_gib > 0):
-        raise LowrankError(
-            f"--memory-budget must be a finite number of GiB above 0, not {budget_gib}"
-        )
-    if shape.hidden % shape.heads:
-        raise LowrankError(f"--hidden {shape.hidden} is not a multiple of --heads {shape.heads}")
-    if dtype != "float32" and device.type == "cpu":
-        raise LowrankError(f"--dtype {dtype} needs --device cuda; use float32 on the CPU")
-    identity = {
-        "n": ns,
-        "k": ks,
-        "shape": shape.__dict__,
-        "device": str(device),
-        "dtype": dtype,
-        "batch": batch,
-        "budget_gib": budget_gib,
-    }
-    check_out_dir(out, identity, overwrite)
-    budget = None if budget_gib is None else int(budget_gib * 2**30)
+    spec: EfficiencySpec, device: torch.device, provenance: Provenance, progress: bool = True
+) -> EfficiencyResult:
+    """``lowrank efficiency`` in memory: refuse a grid the free memory cannot hold, measure
+    every stack, and build the tables; nothing is written or printed (each stack's batch is
+    a log line, at INFO with ``progress``, else DEBUG)."""
+    from lowrank.costs.memory import affordable, available_bytes, check_fits
+
+    ns, ks, shape = list(spec.ns), list(spec.ks), spec.shape
+    free = available_bytes(device)
+    where = "the GPU" if device.type == "cuda" else "this machine"
+    check_fits(ns, ks, shape, spec.dtype, spec.batch or 1, free, where)
+    budget = None if spec.budget_gib is None else int(spec.budget_gib * 2**30)
+    say = log.info if progress else log.debug
     records = run_grid(
         ns,
         ks,
         shape,
         device,
-        getattr(torch, dtype),
-        batch,
+        getattr(torch, spec.dtype),
+        spec.batch,
         budget,
-        warmup,
-        repeats,
-        progress=lambda s: click.echo(s, err=True),
+        spec.warmup,
+        spec.repeats,
+        progress=say,
+        caps=lambda n: affordable(n, ks, shape, spec.dtype, free),
     )
     if not records:
         raise LowrankError(
             "no stack could be measured: each ran out of memory or, at batch 1, over "
             "--memory-budget"
         )
-    measure = memory_measure(budget_gib, batch)
+    measure = memory_measure(spec.budget_gib, spec.batch)
     tables = {base: speedup_table(records, base, budget is not None) for base in BASELINES}
     crossovers = {
         f"crossover_n{suffix}": {
@@ -119,37 +110,32 @@ def run_efficiency(
         }
         for suffix, key in (("", "speedup"), ("_every_round", "speedup_min"))
     }
-    rows = records_json(records)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "efficiency.csv", [_csv_row(r) for r in rows])
     summary = {
         base: [{"n": n, "k": k, **cell} for (n, k), cell in sorted(t.items())]
         for base, t in tables.items()
     }
-    (out / "efficiency.json").write_text(
-        json.dumps(
-            {"records": rows, "tables": summary, "memory_saving_measure": measure, **crossovers},
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    data = {
+        "records": records_json(records),
+        "tables": summary,
+        "memory_saving_measure": measure,
+        **crossovers,
+    }
     meta: dict[str, Any] = {
         "format": EFFICIENCY_FORMAT,
-        "format_version": EFFICIENCY_FORMAT_VERSION,
-        "command": command,
-        "created": created,
-        "identity": identity,
+        "format_version": FORMAT_VERSIONS[EFFICIENCY_FORMAT],
+        "command": provenance.command,
+        "created": provenance.created,
+        "identity": spec.identity(device),
         "hardware": hardware(device),
         "stack": shape.__dict__,
         "n": ns,
         "k": ks,
-        "dtype": dtype,
-        "batch": batch,
-        "memory_budget_gib": budget_gib,
+        "dtype": spec.dtype,
+        "batch": spec.batch,
+        "memory_budget_gib": spec.budget_gib,
         "batch_limit": BATCH_LIMIT,
-        "warmup": warmup,
-        "repeats": repeats,
+        "warmup": spec.warmup,
+        "repeats": spec.repeats,
         "sharing": "layerwise",
         "timing": "one forward pass per stack per round, order reversed every round; "
         "median, min and max over the rounds",
@@ -157,21 +143,10 @@ def run_efficiency(
         if device.type == "cuda"
         else "process resident memory, sampled every millisecond, above the start",
         "memory_saving_measure": measure,
-        "versions": versions,
+        "versions": provenance.versions,
     }
-    write_run(out, meta, npz_arrays(records, tables, ns, ks), npz="efficiency.npz")
-    _print(records, tables, ns, ks, crossovers, meta)
-    click.echo(f"run folder: {out}  (efficiency.csv, efficiency.json, efficiency.npz, run.json)")
-    if plot:
-        from lowrank.plots.costs import plot_efficiency_folder
-
-        for path in plot_efficiency_folder(out):
-            click.echo(f"figure: {path}")
-    return out
-
-
-def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in row.items() if key != "round_seconds_per_token"}
+    arrays = npz_arrays(records, tables, ns, ks)
+    return EfficiencyResult(meta, arrays, data=as_json(data))
 
 
 def npz_arrays(
@@ -207,109 +182,3 @@ def npz_arrays(
             arrays["equal_batch"][ns.index(r.n)] = r.equal_batch or r.batch
         arrays[f"batch_{method}"], arrays[f"peak_bytes_per_sequence_{method}"] = batches, per_seq
     return arrays
-
-
-def _cell(table: Table, n: int, k: int, fmt: str) -> str:
-    cell = table.get((n, k))
-    return fmt.format(**cell) if cell else "-"
-
-
-def _grid(
-    title: str, ns: list[int], ks: list[int], table: Table, fmt: str, width: int = 20
-) -> None:
-    """One printed table: a title line naming the measure, rows n, columns k, cells ``fmt``
-    filled from the table's cells."""
-    click.echo(title)
-    click.echo(f"{'n':>8}" + "".join(f"{'k=' + str(k):>{width}}" for k in ks))
-    for n in ns:
-        click.echo(f"{n:>8}" + "".join(f"{_cell(table, n, k, fmt):>{width}}" for k in ks))
-
-
-def _print(
-    records: list[Measurement],
-    tables: dict[str, Table],
-    ns: list[int],
-    ks: list[int],
-    crossovers: dict[str, dict[str, dict[int, int | None]]],
-    meta: dict[str, Any],
-) -> None:
-    hw = meta["hardware"]
-    where = hw.get("gpu") or f"{hw['processor']} CPU, {hw['torch_threads']} threads"
-    budget = meta["memory_budget_gib"]
-    rounds = meta["repeats"]
-    click.echo(
-        f"measured on {where}, {meta['dtype']}, {meta['stack']['layers']}-layer stack of width "
-        f"{meta['stack']['hidden']}; "
-        + (
-            f"each stack at its largest batch within {budget:g} GiB"
-            if budget
-            else f"batch {meta['batch'] or 1}"
-        )
-    )
-    for base, label in BASELINES.items():
-        table = tables[base]
-        click.echo(f"\nLinformer vs {label}")
-        _grid(
-            f"speed-up in time per token ({base} / Linformer), median [min, max] over {rounds} "
-            "interleaved rounds",
-            ns,
-            ks,
-            table,
-            "{speedup:.2f}x [{speedup_min:.2f}, {speedup_max:.2f}]",
-        )
-        for suffix, what in (
-            ("", f"Linformer's median time per token is below {base}'s"),
-            ("_every_round", f"Linformer is faster than {base} in every round"),
-        ):
-            wins = ", ".join(
-                f"k={k}: n >= {v}" if v else f"k={k}: never"
-                for k, v in crossovers[f"crossover_n{suffix}"][base].items()
-            )
-            click.echo(f"{what} from: {wins}")
-        if budget:
-            _grid(
-                f"memory saving: largest batch that fits {budget:g} GiB, Linformer / {base} "
-                "(powers of two)",
-                ns,
-                ks,
-                table,
-                "{memory_saving:g}x ({batch:g}/{baseline_batch:g})",
-            )
-            if any(r.batch >= BATCH_LIMIT for r in records):
-                click.echo(
-                    f"(a batch of {BATCH_LIMIT} is the search limit: a saving with it is a bound)"
-                )
-        _grid(
-            f"memory saving: peak memory per sequence at equal batch, {base} / Linformer",
-            ns,
-            ks,
-            table,
-            "{memory_saving_equal_batch:.1f}x",
-        )
-    _print_per_sequence(records, ns, ks)
-    if hw.get("gpu") and budget:
-        click.echo(
-            "\nreference only, not comparable (the paper's V100 16 GB and model, not this "
-            "run): paper Table 3 "
-            + "; ".join(
-                f"n={n}, k={k}: {s}x faster, {m}x less memory"
-                for n, (k, s, m) in PAPER_TABLE3.items()
-            )
-        )
-    sys.stdout.flush()
-
-
-def _print_per_sequence(records: list[Measurement], ns: list[int], ks: list[int]) -> None:
-    """Peak memory per sequence of every stack at the equal batch, MiB."""
-    by = {(r.method, r.n, r.k): r for r in records}
-    columns = [("exact", None), ("sdpa", None), *(("linformer", k) for k in ks)]
-    names = ["batch", "exact", "sdpa", *(f"k={k}" for k in ks)]
-    click.echo("\npeak memory per sequence at equal batch (MiB)")
-    click.echo(f"{'n':>8}" + "".join(f"{name:>10}" for name in names))
-    for n in ns:
-        equal = next((r.equal_batch for r in records if r.n == n), None)
-        cells = [str(equal or "-")]
-        for method, k in columns:
-            r = by.get((method, n, k))
-            cells.append(f"{r.peak_bytes_per_sequence / 2**20:.2f}" if r else "-")
-        click.echo(f"{n:>8}" + "".join(f"{c:>10}" for c in cells))

@@ -381,7 +381,7 @@ def load_masked_lm(loaded: LoadedModel) -> Any | None:
     from transformers import AutoModelForMaskedLM
 
     try:
-        with quiet():
+        with quiet(progress=False):
             model, info = AutoModelForMaskedLM.from_pretrained(
                 loaded.source.location,
                 local_files_only=True,

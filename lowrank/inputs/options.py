@@ -57,6 +57,23 @@ def check_float(
     return x
 
 
+MIN_SEQ_LEN = 8
+"""The shortest n lowrank analyses: with the two special tokens of BERT or RoBERTa it leaves
+six tokens of text, and the heatmap index n/4 is 2 (a 3 x 3 P says nothing about rank)."""
+
+
+def check_seq_len(option: str, value: object) -> int:
+    """A sequence length n >= :data:`MIN_SEQ_LEN` (its upper limit is the model's, checked
+    once the model is known)."""
+    n = check_int(option, value)
+    if n < MIN_SEQ_LEN:
+        raise LowrankError(
+            f"{option} {n} is too short: use at least {MIN_SEQ_LEN} tokens (special tokens "
+            "included), so that there is text between the special tokens"
+        )
+    return n
+
+
 def check_positive(option: str, value: object) -> float:
     """A finite number > 0."""
     return check_float(option, value, low=0.0, open_low=True)

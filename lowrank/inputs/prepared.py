@@ -26,6 +26,7 @@ class Prepared:
     loaded: LoadedModel
     sequences: Sequences
     device: torch.device
+    corpus_kind: str | None = None  # run.json's corpus kind when not corpus.kind ("memory")
 
     def meta(self, config: SpectrumConfig) -> dict[str, Any]:
         src = self.loaded.source
@@ -39,7 +40,7 @@ class Prepared:
             },
             "corpus": {
                 "dataset": self.corpus.name,
-                "kind": self.corpus.kind,
+                "kind": self.corpus_kind or self.corpus.kind,
                 "source": self.corpus.source,
                 "split": self.corpus.split,
             },
@@ -76,10 +77,22 @@ def prepare(config: SpectrumConfig) -> Prepared:
         config.policy,
         config.keep_short,
     )
+    prep = Prepared(corpus, loaded, sequences, device)
+    report(prep, config)
+    return prep
+
+
+def report(prep: Prepared, config: SpectrumConfig, *, in_memory: bool = False) -> None:
+    """Log what was prepared: the model's shape, the sequences, and anything short of asked.
+
+    With ``in_memory`` data, fewer sequences than ``--num-sequences`` is an info line (the
+    user holds the data and knows its size), not a warning.
+    """
+    corpus, loaded, sequences, device = prep.corpus, prep.loaded, prep.sequences, prep.device
     policy = sequences.policy
     n_seq = len(sequences.lengths)
     if n_seq < config.num_sequences:
-        log.warning(
+        (log.info if in_memory else log.warning)(
             f"corpus '{corpus.name}' yields {policy['available']} sequences of {config.seq_len} "
             f"tokens, fewer than --num-sequences {config.num_sequences}: analysing {n_seq}"
         )
@@ -89,7 +102,13 @@ def prepare(config: SpectrumConfig) -> Prepared:
             "(--keep-short keeps them)"
         )
     short = policy.get("short_sequences", 0)
-    if short:
+    if short and policy.get("policy") == "token ids":
+        log.warning(
+            f"{short} of {n_seq} sequences ({short / n_seq:.0%}) are padded (attention_mask); "
+            "their spectra are those of shorter matrices and bias the means toward short "
+            "sequences"
+        )
+    elif short:
         log.warning(
             f"--keep-short: {short} of {n_seq} sequences ({short / n_seq:.0%}) are shorter than "
             f"n = {config.seq_len} and padded; their spectra are those of shorter matrices and "
@@ -99,4 +118,3 @@ def prepare(config: SpectrumConfig) -> Prepared:
         f"{loaded.source.name}: {loaded.num_layers} layers x {loaded.num_heads} heads, "
         f"{n_seq} sequences of {config.seq_len} tokens from {corpus.name} on {device}"
     )
-    return Prepared(corpus, loaded, sequences, device)

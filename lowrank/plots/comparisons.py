@@ -218,11 +218,15 @@ def plot_family_heatmap(
 
 def plot_compare_folder(folder: Path, out: Path | None = None) -> list[Path]:
     """The comparison figures of one run folder, into ``folder/figures`` (PDF and PNG)."""
+    return write_compare_figures(read_compare_run(folder), out or folder / "figures")
+
+
+def write_compare_figures(run: CompareRun, out: Path) -> list[Path]:
+    """The comparison figures of a run into ``out`` (PDF and PNG): error against budget,
+    winner maps, the oracles' ratio against entropy, and heatmaps at the focus budget."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    run = read_compare_run(folder)
-    out = out or folder / "figures"
     budget = int(run.meta["focus_budget"])
     metric = _metric(run, None)
     title = (

@@ -155,10 +155,15 @@ def memory_titles(meta: dict[str, Any]) -> dict[Metric, str]:
 def plot_efficiency_folder(folder: Path) -> list[Path]:
     """``figures/speedup_vs_n.{pdf,png}`` of a run folder: speed-up, then one panel per memory
     measure the run holds."""
-    import matplotlib.pyplot as plt
-
     meta = read_meta(folder, "lowrank-efficiency")
     data = read_json(folder / "efficiency.json")
+    return write_efficiency_figures(meta, data, folder / "figures")
+
+
+def write_efficiency_figures(meta: dict[str, Any], data: dict[str, Any], out: Path) -> list[Path]:
+    """``<out>/speedup_vs_n.{pdf,png}`` of a run (its run.json and efficiency.json)."""
+    import matplotlib.pyplot as plt
+
     hw = meta["hardware"]
     where = hw.get("gpu") or f"{hw['processor']} CPU, {hw['torch_threads']} threads"
     memory = memory_titles(meta)
@@ -189,4 +194,4 @@ def plot_efficiency_folder(folder: Path) -> list[Path]:
         )
         ks = sorted({row["k"] for row in data["tables"]["exact"]})
         _two_row_legend(fig, legend_rows(ks, speed=meta.get("format_version", 1) >= 2))
-        return save(fig, folder / "figures" / "speedup_vs_n")
+        return save(fig, out / "speedup_vs_n")

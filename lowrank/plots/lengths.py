@@ -13,18 +13,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lowrank.lengths.fits import MEASURE_LABELS, MEASURES, log_model, power_model
-from lowrank.lengths.workflow import ScalingRun, read_scaling_run
 from lowrank.plots.spectrum import DOUBLE_COLUMN, axes_or_new, paper_style, save
-from lowrank.runs.folders import SpectrumRun, read_run
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from lowrank.lengths.result import ScalingResult
+    from lowrank.runs.folders import SpectrumRun
+
 _CAUSAL = "causal decoder: P lower-triangular"
 
 
-def measure_label(run: ScalingRun, measure: str) -> str:
+def measure_label(run: ScalingResult, measure: str) -> str:
     label = MEASURE_LABELS[measure]
     if measure == "output_rank":
         label = label.replace("tau", f"{float(run.arrays['tau']):g}")
@@ -32,7 +33,7 @@ def measure_label(run: ScalingRun, measure: str) -> str:
 
 
 def plot_measure(
-    run: ScalingRun,
+    run: ScalingResult,
     measure: str,
     group: str = "model",
     ax: Axes | None = None,
@@ -79,7 +80,7 @@ def plot_measure(
     return ax
 
 
-def measure_figure(run: ScalingRun, measure: str) -> Figure:
+def measure_figure(run: ScalingResult, measure: str) -> Figure:
     """A panel per layer and one for the whole model."""
     import matplotlib.pyplot as plt
 
@@ -136,7 +137,7 @@ def plot_c_curves(
     return ax
 
 
-def c_curves_figure(run: ScalingRun, runs: dict[int, SpectrumRun]) -> Figure:
+def c_curves_figure(run: ScalingResult, runs: dict[int, SpectrumRun]) -> Figure:
     """c against i / n for every n: a panel per layer and one for the whole model."""
     import matplotlib.pyplot as plt
 
@@ -166,13 +167,15 @@ def c_curves_figure(run: ScalingRun, runs: dict[int, SpectrumRun]) -> Figure:
     return fig
 
 
-def _suptitle(run: ScalingRun, what: str) -> str:
+def _suptitle(run: ScalingResult, what: str) -> str:
     docs = int(run.arrays["fit_documents"])
     causal = f"; {_CAUSAL}" if run.causal else ""
     return f"{run.label}, {docs} documents at every n{causal}\n{what}"
 
 
-def write_scaling_figures(run: ScalingRun, runs: dict[int, SpectrumRun], out: Path) -> list[Path]:
+def write_scaling_figures(
+    run: ScalingResult, runs: dict[int, SpectrumRun], out: Path
+) -> list[Path]:
     """``scaling_<measure>`` for every rank measure and ``scaling_c_curves``, PDF and PNG."""
     written: list[Path] = []
     with paper_style():
@@ -184,6 +187,7 @@ def write_scaling_figures(run: ScalingRun, runs: dict[int, SpectrumRun], out: Pa
 
 def plot_scaling_folder(folder: Path) -> list[Path]:
     """The figures of a ``lowrank scaling`` folder, into ``folder/figures``."""
-    run = read_scaling_run(folder)
-    runs = {n: read_run(folder / f"n{n}") for n in run.ns}
-    return write_scaling_figures(run, runs, folder / "figures")
+    from lowrank.lengths.result import ScalingResult
+
+    run = ScalingResult.read(folder)
+    return write_scaling_figures(run, run.spectrum_runs(), folder / "figures")

@@ -249,10 +249,14 @@ def _merged_legend(fig: Any, axes: list[Axes]) -> None:
 
 def plot_projection_folder(folder: Path, out: Path | None = None) -> list[Path]:
     """Error-vs-k panels and the heatmap of one projection run, into ``folder/figures``."""
+    return plot_projection_run(read_projection_run(folder), out or folder / "figures")
+
+
+def plot_projection_run(run: ProjectionRun, out: Path) -> list[Path]:
+    """Error-vs-k panels, the model effect and the heatmap of a run, into ``out`` (PDF and
+    PNG each); returns the files written."""
     import matplotlib.pyplot as plt
 
-    run = read_projection_run(folder)
-    out = out or folder / "figures"
     written: list[Path] = []
     title = (
         f"{run.meta['model']['name']} / {run.meta['corpus']['dataset']}, "

@@ -7,15 +7,16 @@ Figures are saved as PDF (TrueType fonts embedded, ``pdf.fonttype = 42``) and 30
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from lowrank.errors import LowrankError
 from lowrank.runs.folders import SpectrumRun, read_run
+from lowrank.runs.writing import write_files
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -282,18 +283,25 @@ def figure1(runs: Sequence[SpectrumRun], heatmap_run: int = 0, by_layer: bool = 
 
 
 def save(fig: Figure, path: Path) -> list[Path]:
-    """Write ``path.pdf`` and ``path.png`` (300 dpi) and close the figure."""
+    """Write ``path.pdf`` and ``path.png`` (300 dpi), both or neither, and close the figure.
+
+    The files go through :func:`lowrank.runs.writing.write_files` (temporary files, then
+    renames), so a full disk or an I/O error is one line and leaves earlier figures intact.
+    """
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for suffix in (".pdf", ".png"):
-        target = path.with_suffix(suffix)
-        # no creation date in the PDF: redrawing the same run gives the same file
-        fig.savefig(target, metadata={"CreationDate": None} if suffix == ".pdf" else None)
-        written.append(target)
-    plt.close(fig)
-    return written
+    # no creation date in the PDF: redrawing the same run gives the same file
+    meta: dict[str, dict[str, None] | None] = {".pdf": {"CreationDate": None}, ".png": None}
+
+    def writer(suffix: str) -> Callable[[IO[bytes]], None]:
+        return lambda fh: fig.savefig(fh, format=suffix[1:], metadata=meta[suffix])
+
+    targets = [path.with_suffix(suffix) for suffix in (".pdf", ".png")]
+    try:
+        write_files(path.parent, [(t.name, writer(t.suffix)) for t in targets])
+    finally:
+        plt.close(fig)
+    return targets
 
 
 def _slug(run: SpectrumRun) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from lowrank.runs.folders import read_json, read_meta, read_npz
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def plot_failure_vs_k(
@@ -92,11 +93,23 @@ def headline_series(sources: list[str]) -> list[str]:
 def plot_verify_folder(folder: Path, out: Path | None = None, every: bool = False) -> list[Path]:
     """The headline series of a verify run (all of them with ``every``) in one figure, into
     ``folder/figures``; verify.csv holds every row."""
-    import matplotlib.pyplot as plt
-
     meta = read_meta(folder, "lowrank-verify")
     arrays = read_npz(folder / "verify.npz")
     needed = read_json(folder / "verify.json")["k_needed"]
+    fig = verify_figure(meta, arrays, needed, every)
+    return save_verify_figure(fig, out or folder / "figures")
+
+
+def verify_figure(
+    meta: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    needed: list[dict[str, Any]],
+    every: bool = False,
+) -> Figure:
+    """The failure rate against k of the headline series (all with ``every``), a panel
+    each, from run.json (``meta``), verify.npz (``arrays``) and verify.json's ``k_needed``."""
+    import matplotlib.pyplot as plt
+
     sources = series_names(arrays)
     if not every:
         sources = headline_series(sources)
@@ -127,4 +140,10 @@ def plot_verify_folder(folder: Path, out: Path | None = None, every: bool = Fals
             "no failure: a downward triangle at the upper end of its interval",
             fontsize="medium",
         )
-        return save(fig, (out or folder / "figures") / "failure_vs_k")
+    return fig
+
+
+def save_verify_figure(fig: Figure, folder: Path) -> list[Path]:
+    """Write ``fig`` as ``folder/failure_vs_k.pdf`` and ``.png`` (closing it)."""
+    with paper_style():
+        return save(fig, folder / "failure_vs_k")

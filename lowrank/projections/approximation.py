@@ -73,12 +73,8 @@ class ProjectionSpec:
     estimators: tuple[str, ...] = ESTIMATORS  # Theorem 1 estimators of P from E
 
     def check(self, n: int) -> None:
-        bad = [k for k in self.ks if not 0 < k <= n]
-        if bad:
-            raise LowrankError(
-                f"--k {bad[0]} is outside 1..n = {n}: choose k <= --seq-len (pass --k when "
-                "--seq-len is below a default k)"
-            )
+        """Raise the CLI's one-line error for a spec that cannot run on sequences of n."""
+        check_k_range(self.ks, n)
         if self.draws < 1:
             raise LowrankError("--draws must be at least 1")
         require_finite_positive("--delta", self.delta)
@@ -101,6 +97,16 @@ class ProjectionSpec:
             elif method == "svd":
                 rows.append(method)
         return [*rows, *THEOREM1_REFERENCES]
+
+
+def check_k_range(ks: Sequence[int], n: int) -> None:
+    """Every projected dimension k in 1..n (a k x n projection of an n x n matrix)."""
+    bad = [k for k in ks if not 0 < k <= n]
+    if bad:
+        raise LowrankError(
+            f"--k {bad[0]} is outside 1..n = {n}: choose k <= --seq-len (pass --k when "
+            "--seq-len is below a default k)"
+        )
 
 
 def estimator_row(method: str, estimator: str) -> str:

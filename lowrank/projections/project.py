@@ -1,18 +1,20 @@
-"""``lowrank project``: projection errors against k on captured attention, saved as a run."""
+"""``lowrank project``: projection errors against k on captured attention.
+
+:func:`run_project` measures (nothing is written or printed); :func:`project_report` is the
+text the CLI prints, rebuilt from run.json and projection.npz alone, so a saved run reports
+exactly as the fresh one did.
+"""
 
 from __future__ import annotations
 
-import sys
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 
-from lowrank.errors import LowrankError
-from lowrank.inputs.prepared import prepare
 from lowrank.projections.approximation import (
     METRICS,
     THEOREM1_REFERENCES,
@@ -21,43 +23,50 @@ from lowrank.projections.approximation import (
     summarize,
 )
 from lowrank.projections.sketches import BASELINES, JL_METHODS
-from lowrank.runs.folders import PROJECTION_FORMAT, PROJECTION_NPZ, check_out_dir, write_run
+from lowrank.runs.folders import PROJECTION_FORMAT, PROJECTION_NPZ
+from lowrank.runs.schema import FORMAT_VERSIONS
 from lowrank.runs.stats import holm, t_interval
-from lowrank.spectra.config import SpectrumConfig
+
+if TYPE_CHECKING:
+    from lowrank.inputs.models import LoadedModel
+    from lowrank.inputs.prepared import Prepared
+    from lowrank.spectra.config import SpectrumConfig
 
 
 def run_project(
+    prep: Prepared,
     config: SpectrumConfig,
     spec: ProjectionSpec,
     sharings: tuple[str, ...],
     model_effect: bool,
-    out: Path,
-    overwrite: bool,
-    plot: bool,
     heatmap_k: int | None,
-    command: str,
-    versions: dict[str, str],
-    created: str,
-) -> Path:
-    """Measure Theorem 1/2 errors (and the model-level effect) and write a run folder."""
-    from tqdm import tqdm
+    identity: dict[str, Any],
+    provenance: dict[str, Any],
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Measure Theorem 1/2 errors (and the model-level effect) on prepared sequences.
 
-    from lowrank.inputs.models import load_masked_lm
+    Options are checked by the caller (:func:`lowrank.projections.api.project`); nothing is
+    written here. ``identity`` is what run.json records as the run's identity (see
+    :func:`project_identity`); ``provenance`` holds its ``command``, ``created`` and
+    ``versions``, and ``start``, the ``time.perf_counter()`` the elapsed time counts from.
+
+    Returns:
+        ``(meta, arrays)``: the run.json dict and the projection.npz arrays. ``arrays`` holds
+        ``{kind}_{row}[_{metric}]_samples`` of shape [K, layers, heads, sequences x draws],
+        their ``_mean``, ``_median`` and ``_p95`` over the last axis ([K, layers, heads]),
+        ``ks`` [K], ``methods``, ``estimators``, ``metrics``, ``rows_theorem1``,
+        ``rows_theorem2`` and ``input_ids`` [N, n].
+    """
+    from tqdm.auto import tqdm
+
     from lowrank.projections.approximation import mask_tokens, measure
     from lowrank.projections.approximation import model_effect as effect
 
-    start = time.perf_counter()
-    spec.check(config.seq_len)
-    if heatmap_k is not None and heatmap_k not in spec.ks:
-        raise LowrankError(f"--heatmap-k {heatmap_k} is not one of --k {list(spec.ks)}")
-    identity = config.identity() | {"projection": asdict(spec), "sharing": list(sharings)}
-    check_out_dir(out, identity, overwrite)
-    if config.keep_short:
-        raise LowrankError("lowrank project needs full-length sequences: drop --keep-short")
-    prep = prepare(config)
+    start = provenance.get("start", time.perf_counter())
     loaded, seqs = prep.loaded, prep.sequences
     n_seq = len(seqs.lengths)
-    with tqdm(total=n_seq, unit="seq", desc="project", file=sys.stderr) as bar:
+    with tqdm(total=n_seq, unit="seq", desc="project", disable=not progress) as bar:
         samples = measure(loaded, seqs, spec, config.batch_size, prep.device, bar.update)
     arrays: dict[str, np.ndarray] = {
         "ks": np.array(spec.ks),
@@ -76,11 +85,10 @@ def run_project(
     effects: list[dict[str, Any]] = []
     mode = None
     if model_effect:
-        mlm_model = load_masked_lm(loaded)
-        model, mlm = loaded.model, None
-        mode = "hidden states"
+        model, mlm, mode = loaded.model, None, "hidden states"
+        mlm_model = _masked_lm(loaded)
         tok = loaded.tokenizer
-        if mlm_model is not None and tok.mask_token_id is not None:
+        if mlm_model is not None and tok is not None and tok.mask_token_id is not None:
             model, mode = mlm_model, "masked-LM loss and hidden states"
             special = set(tok.all_special_ids)
             mlm = mask_tokens(seqs.input_ids, tok.mask_token_id, special, seed=spec.seed)
@@ -89,7 +97,7 @@ def run_project(
             for m in spec.methods
             if m != "svd"
         )
-        with tqdm(total=runs, unit="model", desc="model effect", file=sys.stderr) as bar:
+        with tqdm(total=runs, unit="model", desc="model effect", disable=not progress) as bar:
             results = effect(
                 model, seqs, spec, sharings, config.batch_size, prep.device, mlm, bar.update
             )
@@ -97,9 +105,9 @@ def run_project(
         effect_verdicts(effects)
     meta: dict[str, Any] = {
         "format": PROJECTION_FORMAT,
-        "format_version": 2,
-        "command": command,
-        "created": created,
+        "format_version": FORMAT_VERSIONS["lowrank-projection"],
+        "command": provenance["command"],
+        "created": provenance["created"],
         "identity": identity,
         "config": config.to_json(),
         **prep.meta(config),
@@ -114,17 +122,37 @@ def run_project(
         "intervals": INTERVALS,
         "baseline_tests": tests,
         "model_effect": {"mode": mode, "results": effects} if model_effect else None,
-        "versions": versions,
+        "versions": provenance["versions"],
         "elapsed_seconds": round(time.perf_counter() - start, 3),
     }
-    write_run(out, meta, arrays, npz=PROJECTION_NPZ)
-    _summary(arrays, spec, effects, tests, n_seq, out)
-    if plot:
-        from lowrank.plots.projections import plot_projection_folder
+    return json_ready(meta), arrays
 
-        for path in plot_projection_folder(out):
-            click.echo(f"figure: {path}")
-    return out
+
+def project_identity(
+    config: SpectrumConfig, spec: ProjectionSpec, sharings: tuple[str, ...]
+) -> dict[str, Any]:
+    """The fields that define a project run's numbers, as stored in run.json (JSON types,
+    so a rerun of the same configuration compares equal to the stored one)."""
+    identity = config.identity() | {"projection": asdict(spec), "sharing": list(sharings)}
+    return json_ready(identity)
+
+
+def json_ready(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` as it reads back from JSON: tuples become lists, paths strings."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _masked_lm(loaded: LoadedModel) -> Any | None:
+    """The checkpoint's masked-LM model, when it has a trained head (None for in-memory
+    models that are not one, and for checkpoints without one)."""
+    from lowrank.inputs.models import load_masked_lm
+
+    model = loaded.model
+    if type(model).__name__.endswith("ForMaskedLM"):
+        return model
+    if loaded.source.kind not in ("package", "local", "hub"):
+        return None  # an in-memory model without its head: nothing to load it from
+    return load_masked_lm(loaded)
 
 
 INTERVALS = (
@@ -270,88 +298,119 @@ def effect_verdicts(effects: list[dict[str, Any]], alpha: float = 0.05) -> None:
         e["verdict_tests"] = len(tests)
 
 
-def _summary(
+def spec_of(meta: dict[str, Any]) -> ProjectionSpec:
+    """The :class:`ProjectionSpec` a run.json records (``projection``)."""
+    spec = dict(meta["projection"])
+    for key in ("methods", "ks", "estimators"):
+        if key in spec:
+            spec[key] = tuple(spec[key])
+    return ProjectionSpec(**spec)
+
+
+def project_report(
+    meta: dict[str, Any],
     arrays: dict[str, np.ndarray],
-    spec: ProjectionSpec,
-    effects: list[dict[str, Any]],
-    tests: list[dict[str, Any]],
-    n_seq: int,
-    out: Path,
-) -> None:
-    ks = list(spec.ks)
+    path: Path | None = None,
+    figures: list[Path] | None = None,
+) -> str:
+    """The text ``lowrank project`` prints: per kind, metric, row and k the mean over
+    sequences with its 95% t-interval half-width (cluster = sequence), the verdicts against
+    the trivial baselines, the row notes, the model-level effect, then the run folder and the
+    figures when given."""
+    ks = [int(k) for k in arrays["ks"]]
+    n_seq = int(meta["num_sequences"])
+    tests = meta.get("baseline_tests") or []
+    effects = (meta.get("model_effect") or {}).get("results") or []
+
+    def rows(kind: str) -> list[str]:
+        key = f"rows_{kind}"
+        return [str(r) for r in arrays[key if key in arrays else "methods"]]
+
+    lines: list[str] = []
+    echo = lines.append
     header = "  " + f"{'row':<22}" + "".join(f"{'k=' + str(k):>16}" for k in ks)
     verdicts = cell_verdicts(tests)
     for kind in ("theorem1", "theorem2"):
-        click.echo(f"\n{KIND_TITLE[kind]}")
-        click.echo(
+        echo(f"\n{KIND_TITLE[kind]}")
+        echo(
             f"  mean over sequences, draws, layers, heads [95% t-interval over {n_seq} "
             "sequences, cluster = sequence]"
         )
         for metric in METRICS:
             suffix = "" if metric == "error" else f"_{metric}"
-            click.echo(f"  -- {METRIC_TITLE[metric]}")
-            click.echo(header)
-            for row in spec.rows(kind):
-                clusters = sequence_clusters(arrays[f"{kind}_{row}{suffix}_samples"], n_seq)
+            echo(f"  -- {METRIC_TITLE[metric]}")
+            echo(header)
+            for row in rows(kind):
+                key = f"{kind}_{row}{suffix}_samples"
+                if key not in arrays:
+                    continue  # format_version 1 runs kept no samples of this metric
+                clusters = sequence_clusters(arrays[key], n_seq)
                 cells = []
                 for ki in range(len(ks)):
                     lo, hi = t_interval(clusters[ki])
                     spread = f"{(hi - lo) / 2:.3f}" if np.isfinite(lo) else "n/a"  # one sequence
                     cells.append(f"{clusters[ki].mean():.3f}+-{spread}")
-                click.echo(f"  {row:<22}" + "".join(f"{c:>16}" for c in cells))
-        click.echo(
+                echo(f"  {row:<22}" + "".join(f"{c:>16}" for c in cells))
+        echo(
             "  -- against the trivial baselines (raw/scale-free; + beats zero and uniform "
             "attention, - loses to one, ~ inconclusive; paired over sequences, Holm over "
             f"{len(tests)} tests)"
         )
-        click.echo(header)
-        for row in spec.rows(kind):
+        echo(header)
+        for row in rows(kind):
             if (kind, row, "error", ks[0]) not in verdicts:
                 continue
             marks = [
                 f"{verdicts[(kind, row, 'error', k)]}/{verdicts[(kind, row, 'scale-free', k)]}"
                 for k in ks
             ]
-            click.echo(f"  {row:<22}" + "".join(f"{m:>16}" for m in marks))
-    notes = [f"{r}: {ROW_NOTE[r]}" for r in ROW_NOTE if r in [*spec.rows("theorem2"), "svd"]]
+            echo(f"  {row:<22}" + "".join(f"{m:>16}" for m in marks))
+    notes = [f"{r}: {ROW_NOTE[r]}" for r in ROW_NOTE if r in [*rows("theorem2"), "svd"]]
     notes.append(
         "method[paper] = P R^T R (Theorem 1's construction; n E^T E / tr(E^T E) for pooling), "
         "method[projector] = P E^+ E; both see the same draw of R"
     )
-    click.echo("\nrows: " + "\n      ".join(notes))
+    echo("\nrows: " + "\n      ".join(notes))
     if effects:
-        click.echo(
-            "\nmodel effect: every layer's attention replaced; final hidden states against the "
-            "exact model (mean over sequences [95% t-interval]); one draw of E, F per "
-            "configuration (--proj-seed), so the intervals are conditional on that draw"
+        lines += _effect_lines(effects)
+    if path is not None:
+        echo(f"run folder: {path}  ({path / 'run.json'}, {path / PROJECTION_NPZ})")
+    lines += [f"figure: {figure}" for figure in figures or []]
+    return "\n".join(lines)
+
+
+def _effect_lines(effects: list[dict[str, Any]]) -> list[str]:
+    """The model-effect table of the report, with the verdicts grouped."""
+    lines = [
+        "\nmodel effect: every layer's attention replaced; final hidden states against the "
+        "exact model (mean over sequences [95% t-interval]); one draw of E, F per "
+        "configuration (--proj-seed), so the intervals are conditional on that draw",
+        f"  {'method':<12} {'sharing':<19} {'k':>5}  {'relative error':<24}"
+        f"{'scale-free':>11}  {'cosine':<24} {'vs baselines':<12}",
+    ]
+    for e in effects:
+        loss = ""
+        if e["mlm_loss"] is not None:
+            loss = f"  MLM loss {e['mlm_loss']:.3f} (exact {e['mlm_loss_exact']:.3f})"
+        k = "-" if e["k"] is None else str(e["k"])
+        rel = f"{e['relative_error']:.4f} [{e['relative_error_ci'][0]:.4f}, " + (
+            f"{e['relative_error_ci'][1]:.4f}]"
         )
-        click.echo(
-            f"  {'method':<12} {'sharing':<19} {'k':>5}  {'relative error':<24}"
-            f"{'scale-free':>11}  {'cosine':<24} {'vs baselines':<12}"
+        cos = f"{e['cosine']:.4f} [{e['cosine_ci'][0]:.4f}, {e['cosine_ci'][1]:.4f}]"
+        lines.append(
+            f"  {e['method']:<12} {e['sharing']:<19} {k:>5}  {rel:<24}"
+            f"{e['scale_free']:>11.4f}  {cos:<24} {e['verdict']:<12}{loss}"
         )
+    lines.append(
+        "  vs baselines: each configuration against zero and uniform attention on cosine "
+        "and scale-free error, paired over sequences, two-sided t, Holm over "
+        f"{effects[0]['verdict_tests']} tests"
+    )
+    for verdict in ("beats both", "loses", "inconclusive"):
+        groups: dict[str, list[str]] = {}
         for e in effects:
-            loss = ""
-            if e["mlm_loss"] is not None:
-                loss = f"  MLM loss {e['mlm_loss']:.3f} (exact {e['mlm_loss_exact']:.3f})"
-            k = "-" if e["k"] is None else str(e["k"])
-            rel = f"{e['relative_error']:.4f} [{e['relative_error_ci'][0]:.4f}, " + (
-                f"{e['relative_error_ci'][1]:.4f}]"
-            )
-            cos = f"{e['cosine']:.4f} [{e['cosine_ci'][0]:.4f}, {e['cosine_ci'][1]:.4f}]"
-            click.echo(
-                f"  {e['method']:<12} {e['sharing']:<19} {k:>5}  {rel:<24}"
-                f"{e['scale_free']:>11.4f}  {cos:<24} {e['verdict']:<12}{loss}"
-            )
-        click.echo(
-            "  vs baselines: each configuration against zero and uniform attention on cosine "
-            "and scale-free error, paired over sequences, two-sided t, Holm over "
-            f"{effects[0]['verdict_tests']} tests"
-        )
-        for verdict in ("beats both", "loses", "inconclusive"):
-            groups: dict[str, list[str]] = {}
-            for e in effects:
-                if e.get("verdict") == verdict:
-                    groups.setdefault(f"{e['method']}/{e['sharing']}", []).append(str(e["k"]))
-            names = [f"{name} (k = {','.join(kk)})" for name, kk in groups.items()]
-            click.echo(f"    {verdict}: " + ("; ".join(names) or "none"))
-    click.echo(f"run folder: {out}  ({out / 'run.json'}, {out / PROJECTION_NPZ})")
+            if e.get("verdict") == verdict:
+                groups.setdefault(f"{e['method']}/{e['sharing']}", []).append(str(e["k"]))
+        names = [f"{name} (k = {','.join(kk)})" for name, kk in groups.items()]
+        lines.append(f"    {verdict}: " + ("; ".join(names) or "none"))
+    return lines

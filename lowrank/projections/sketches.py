@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ import torch
 Method = Literal[
     "gaussian", "rademacher", "sparse", "very-sparse", "mean-pool", "max-pool", "conv", "svd"
 ]
+METHODS: tuple[str, ...] = get_args(Method)
 JL_METHODS: tuple[str, ...] = ("gaussian", "rademacher", "sparse", "very-sparse")
 LINEAR_METHODS: tuple[str, ...] = (*JL_METHODS, "mean-pool", "conv")  # P~ = P M exists
 Estimator = Literal["paper", "projector"]
@@ -49,6 +50,7 @@ SHARING_DESIGN: dict[str, tuple[str, bool]] = {
     "layerwise-separate": ("model", False),
     "layerwise": ("model", True),
 }
+SHARINGS: tuple[str, ...] = tuple(SHARING_DESIGN)  # the CLI's order
 Baseline = Literal["zero", "uniform"]
 BASELINES: tuple[str, ...] = ("zero", "uniform")
 

@@ -9,19 +9,16 @@ probability a proof bounds get a verdict, Holm-corrected over all of them.
 from __future__ import annotations
 
 import json
-import math
-import sys
+import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 import torch
 
-from lowrank.errors import LowrankError, require_finite_positive
+from lowrank.errors import LowrankError
 from lowrank.hooks.attention import AttentionCall, capture
-from lowrank.inputs.prepared import prepare
 from lowrank.projections.sketches import seeded_generator
 from lowrank.projections.theorems import (
     PROMISED,
@@ -29,7 +26,6 @@ from lowrank.projections.theorems import (
     VECTORS,
     Row,
     assign_verdicts,
-    check_eps,
     jl_exact_failure,
     jl_failures,
     jl_inner_failure_bound,
@@ -44,9 +40,14 @@ from lowrank.projections.theorems import (
     theorem2_failures,
     theorem2_k,
 )
-from lowrank.runs.folders import check_out_dir, write_csv, write_run
+from lowrank.runs.schema import FORMAT_VERSIONS
 from lowrank.runs.stats import ClusteredRate
-from lowrank.spectra.config import SpectrumConfig
+
+if TYPE_CHECKING:
+    from lowrank.inputs.prepared import Prepared
+    from lowrank.spectra.config import SpectrumConfig
+
+log = logging.getLogger(__name__)
 
 VERIFY_FORMAT = "lowrank-verify"
 INTERVALS = (
@@ -130,34 +131,29 @@ def _rows_from_counts(
     ]
 
 
-def validate(
+def verify_identity(
+    config: SpectrumConfig,
     eps: list[float],
     ks: list[int],
     inverse_temperatures: list[float],
-    target: float,
+    seed: int,
+    synthetic_count: int,
     delta: float,
-    n: int,
-) -> None:
-    """Every option of verify checked before any work: one line each."""
-    for e in eps:
-        check_eps(e)
-    bad = [k for k in ks if not 0 < k <= n]
-    if bad:
-        raise LowrankError(
-            f"--k {bad[0]} is outside 1..n = {n}: choose k <= --seq-len (pass --k when "
-            "--seq-len is below a default k)"
-        )
-    if not 0 < target < 1:
-        raise LowrankError(f"--target {target} is outside (0, 1)")
-    require_finite_positive("--delta", delta)
-    for beta in inverse_temperatures:
-        if not (math.isfinite(beta) and beta > 0):
-            raise LowrankError(
-                f"--inverse-temperatures {beta} must be finite and > 0 (softmax(beta X Y^T))"
-            )
+) -> dict[str, Any]:
+    """The fields that define a verify run's numbers, as stored in run.json."""
+    identity = config.identity() | {
+        "eps": eps,
+        "k": ks,
+        "inverse_temperatures": inverse_temperatures,
+        "seed": seed,
+        "synthetic_count": synthetic_count,
+        "delta": delta,
+    }
+    return json.loads(json.dumps(identity))
 
 
 def run_verify(
+    prep: Prepared,
     config: SpectrumConfig,
     eps: list[float],
     ks: list[int],
@@ -168,28 +164,25 @@ def run_verify(
     with_theorem2: bool,
     seed: int,
     delta: float,
-    out: Path,
-    overwrite: bool,
-    plot: bool,
-    command: str,
-    versions: dict[str, str],
-    created: str,
-) -> Path:
+    identity: dict[str, Any],
+    provenance: dict[str, Any],
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Measure every statement's failure rate on prepared real attention, on synthetic
+    attention and on random vectors (the JL rows). Options are checked by the caller
+    (:func:`lowrank.projections.api.verify`); nothing is written here.
+
+    Returns:
+        ``(meta, arrays, records, k_needed)``: run.json, the verify.npz arrays (each
+        [series, eps, k]: ``rate``, ``ci_low``, ``ci_high``, ``bound``, ``exact``,
+        ``n_eff``, ``p_holm``, ``failures``, ``trials``, ``clusters``; with ``eps`` [E],
+        ``ks`` [K], ``series`` [S] and ``statement`` [S]), one record per row of verify.csv,
+        and the "k needed" table of verify.json.
+    """
+    from tqdm.auto import tqdm
+
     n = config.seq_len
-    validate(eps, ks, inverse_temperatures, target, delta, n)
-    identity = config.identity() | {
-        "eps": eps,
-        "k": ks,
-        "inverse_temperatures": inverse_temperatures,
-        "seed": seed,
-        "synthetic_count": synthetic_count,
-        "delta": delta,
-    }
-    check_out_dir(out, identity, overwrite)
-    if config.keep_short:
-        raise LowrankError("lowrank verify needs full-length sequences: drop --keep-short")
-    prep = prepare(config)
-    click.echo("measuring real attention ...", err=True)
+    log.info("measuring real attention ...")
     t1, t2, d = measure_real(
         prep.loaded,
         prep.sequences.input_ids,
@@ -208,9 +201,8 @@ def run_verify(
     if with_theorem2:
         for k, chunks in t2.items():
             rows += _rows_from_counts("theorem2", "real", "-", k, eps, chunks, n, None)
-    from tqdm import tqdm
-
-    for beta in tqdm(inverse_temperatures, desc="synthetic", unit="beta", file=sys.stderr):
+    betas = tqdm(inverse_temperatures, desc="synthetic", unit="beta", disable=not progress)
+    for beta in betas:
         bits = int(np.float64(beta).view(np.uint64))  # every distinct beta its own stream
         gen = seeded_generator(23, seed, bits)
         p, v = synthetic_attention(n, d, beta, synthetic_count, gen)
@@ -257,18 +249,32 @@ def run_verify(
     )
     tests = assign_verdicts(rows)
     needed = _needed(rows, eps, n, d, target)
-    _write(
-        out, rows, needed, tests, config, prep, identity, eps, ks, inverse_temperatures,
-        target, seed, delta, command, versions, created,
-    )  # fmt: skip
-    _print(rows, needed, tests, target, n, d, eps)
-    click.echo(f"run folder: {out}  (verify.csv, verify.json, verify.npz, run.json)")
-    if plot:
-        from lowrank.plots.verify import plot_verify_folder
-
-        for path in plot_verify_folder(out):
-            click.echo(f"figure: {path}")
-    return out
+    records = [_record(r) for r in rows]
+    meta = {
+        "format": VERIFY_FORMAT,
+        "format_version": FORMAT_VERSIONS["lowrank-verify"],
+        "command": provenance["command"],
+        "created": provenance["created"],
+        "identity": identity,
+        "config": config.to_json(),
+        **prep.meta(config),
+        "num_sequences": len(prep.sequences.lengths),
+        "head_dim": d,
+        "eps": eps,
+        "k": ks,
+        "inverse_temperatures": inverse_temperatures,
+        "delta": delta,
+        "target_delta": target,
+        "verify_seed": seed,
+        "theta_constants": 1,
+        "statements": STATEMENTS,
+        "intervals": INTERVALS,
+        "multiplicity": f"Holm over the {tests} rows with a promised, non-vacuous bound",
+        "versions": provenance["versions"],
+    }
+    meta = json.loads(json.dumps(meta, default=str))
+    records = json.loads(json.dumps(records))  # as verify.json reads back
+    return meta, verify_arrays(records, eps, ks), records, json.loads(json.dumps(needed))
 
 
 def series_of(row: Row) -> str:
@@ -328,30 +334,11 @@ def _record(r: Row) -> dict[str, Any]:
     }
 
 
-def _write(
-    out: Path,
-    rows: list[Row],
-    needed: list[dict[str, Any]],
-    tests: int,
-    config: SpectrumConfig,
-    prep: Any,
-    identity: dict[str, Any],
-    eps: list[float],
-    ks: list[int],
-    inverse_temperatures: list[float],
-    target: float,
-    seed: int,
-    delta: float,
-    command: str,
-    versions: dict[str, str],
-    created: str,
-) -> None:
-    records = [_record(r) for r in rows]
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "verify.csv", records)
-    (out / "verify.json").write_text(
-        json.dumps({"rows": records, "k_needed": needed}, indent=2) + "\n", encoding="utf-8"
-    )
+def verify_arrays(
+    records: list[dict[str, Any]], eps: list[float], ks: list[int]
+) -> dict[str, np.ndarray]:
+    """The rows of verify.csv on a grid: each statistic as a [series, eps, k] array (NaN
+    where a row has none), with the axes ``series``, ``statement``, ``eps`` and ``ks``."""
     series = list(dict.fromkeys(r["series"] for r in records))
     shape = (len(series), len(eps), len(ks))
     names = ("rate", "ci_low", "ci_high", "bound", "exact", "n_eff", "p_holm")
@@ -369,28 +356,7 @@ def _write(
         "series": np.array(series),
         "statement": np.array([s.split(" | ")[0] for s in series]),
     }
-    meta = {
-        "format": VERIFY_FORMAT,
-        "format_version": 2,
-        "command": command,
-        "created": created,
-        "identity": identity,
-        "config": config.to_json(),
-        **prep.meta(config),
-        "num_sequences": len(prep.sequences.lengths),
-        "eps": eps,
-        "k": ks,
-        "inverse_temperatures": inverse_temperatures,
-        "delta": delta,
-        "target_delta": target,
-        "verify_seed": seed,
-        "theta_constants": 1,
-        "statements": STATEMENTS,
-        "intervals": INTERVALS,
-        "multiplicity": f"Holm over the {tests} rows with a promised, non-vacuous bound",
-        "versions": versions,
-    }
-    write_run(out, meta, arrays, npz="verify.npz")
+    return arrays
 
 
 MEANING = {
@@ -413,50 +379,66 @@ MEANING = {
 }
 
 
-def _print(
-    rows: list[Row],
+def head_dim(meta: dict[str, Any], records: list[dict[str, Any]]) -> int:
+    """d of a verify run: recorded in run.json, or (older runs) the vectors per matrix of
+    the real value columns."""
+    if "head_dim" in meta:
+        return int(meta["head_dim"])
+    for r in records:
+        if r["source"] == "real" and r["vectors"] == "values" and r["clusters"]:
+            return int(r["trials"]) // int(r["clusters"])
+    raise LowrankError("the run records no head dimension and has no real value rows")
+
+
+def verify_report(
+    meta: dict[str, Any],
+    records: list[dict[str, Any]],
     needed: list[dict[str, Any]],
-    tests: int,
-    target: float,
-    n: int,
-    d: int,
-    eps: list[float],
-) -> None:
-    click.echo(f"\nintervals: 95% {INTERVALS}")
-    click.echo(f"verdicts: Holm-corrected over {tests} rows whose bound a proof promises")
-    for statement in dict.fromkeys(r.statement for r in rows):
-        click.echo(f"\n{statement}: {STATEMENTS[statement]}")
-        click.echo(
+    path: Path | None = None,
+    figures: list[Path] | None = None,
+) -> str:
+    """The text ``lowrank verify`` prints: per statement its rows (rate, interval, bound,
+    verdict), the "k needed" table and the paper's k for reference, then the run folder
+    and the figures when given."""
+    tests = sum(1 for r in records if r["p_holm"] is not None)
+    target, n = meta["target_delta"], int(meta["seq_len"])
+    d, eps = head_dim(meta, records), [float(e) for e in meta["eps"]]
+    lines: list[str] = []
+    echo = lines.append
+    echo(f"\nintervals: 95% {INTERVALS}")
+    echo(f"verdicts: Holm-corrected over {tests} rows whose bound a proof promises")
+    for statement in dict.fromkeys(r["statement"] for r in records):
+        echo(f"\n{statement}: {STATEMENTS[statement]}")
+        echo(
             f"  {'P':<20}{'w':<16}{'eps':>5}{'k':>5}  {'failure rate [95% CI]':<27}"
             f"{'n_eff':>8}{'bound':>10}{'exact':>10}  verdict"
         )
-        mine = [r for r in rows if r.statement == statement]
+        mine = [r for r in records if r["statement"] == statement]
         for r in mine:
-            lo, hi = r.interval
-            bound = "-" if r.bound is None else f"{r.bound:.3g}"
-            exact = "-" if r.exact is None else f"{r.exact:.3g}"
-            verdict = r.verdict if r.verdict != "n/a" else "- (no bound)"
-            click.echo(
-                f"  {r.source:<20}{r.vectors:<16}{r.eps:>5g}{r.k:>5}  "
-                f"{r.rate.rate:.4f} [{lo:.4f}, {hi:.4f}]  {r.rate.n_eff:>8.0f}{bound:>10}"
-                f"{exact:>10}  {verdict}"
+            bound = "-" if r["bound"] is None else f"{r['bound']:.3g}"
+            exact = "-" if r["exact"] is None else f"{r['exact']:.3g}"
+            verdict = r["verdict"] if r["verdict"] != "n/a" else "- (no bound)"
+            echo(
+                f"  {r['source']:<20}{r['vectors']:<16}{r['eps']:>5g}{r['k']:>5}  "
+                f"{r['rate']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]  {r['n_eff']:>8.0f}"
+                f"{bound:>10}{exact:>10}  {verdict}"
             )
         if statement in MEANING:
-            top = max(r.k for r in mine)
-            at_top = [r for r in mine if r.k == top and r.source == "real"] or [
-                r for r in mine if r.k == top
+            top = max(r["k"] for r in mine)
+            at_top = [r for r in mine if r["k"] == top and r["source"] == "real"] or [
+                r for r in mine if r["k"] == top
             ]
             rates = ", ".join(
-                f"eps={r.eps:g} ({r.vectors}): {r.rate.rate:.3f}"
+                f"eps={r['eps']:g} ({r['vectors']}): {r['rate']:.3f}"
                 for r in at_top
-                if r.vectors in ("values", "-")
+                if r["vectors"] in ("values", "-")
             )
-            click.echo(f"  in plain words: at k = {top}, {rates}; {MEANING[statement]}.")
-    click.echo(
+            echo(f"  in plain words: at k = {top}, {rates}; {MEANING[statement]}.")
+    echo(
         f"\nk needed for a failure rate below {target}: measured (point; certified = upper "
         "95% bound below it) against the k at which the statement's bound reaches that level"
     )
-    click.echo(
+    echo(
         f"  {'series':<44}{'eps':>5}{'measured':>10}{'certified':>11}{'bound k':>10}"
         f"{'bound/certified':>17}"
     )
@@ -465,17 +447,21 @@ def _print(
         certified = "> max k" if row["certified_k"] is None else str(row["certified_k"])
         theory = "-" if row["theory_k_at_target"] is None else f"{row['theory_k_at_target']:.0f}"
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.1f}x"
-        click.echo(
+        echo(
             f"  {row['series']:<44}{row['eps']:>5g}{measured:>10}{certified:>11}{theory:>10}"
             f"{ratio:>17}"
         )
     paper = ", ".join(f"eps={e:g}: {theorem1_k(n, e):.0f}" for e in eps)
     second = ", ".join(f"eps={e:g}: {theorem2_k(n, d, e):.0f}" for e in eps)
-    click.echo(
+    echo(
         f"  for reference only (failure o(1), not {target}; not comparable with the rows "
         f"above): the paper's Theorem 1 k = 5 ln n / (eps^2 - eps^3) = {paper}; "
         f"Theorem 2 k = min(9 d ln d, 5 ln n) / eps^2 = {second}"
     )
+    if path is not None:
+        echo(f"run folder: {path}  (verify.csv, verify.json, verify.npz, run.json)")
+    lines += [f"figure: {figure}" for figure in figures or []]
+    return "\n".join(lines)
 
 
-__all__ = ["VERIFY_FORMAT", "asdict", "run_verify"]
+__all__ = ["VERIFY_FORMAT", "asdict", "run_verify", "verify_report"]

@@ -6,16 +6,21 @@ A spectrum run folder holds two files (see README, "Run folder format"):
 * ``spectrum.npz`` -- the numbers: moments of c and s per (layer, head, index), per-(layer,
   head) summaries, and the exact token sequences analysed.
 
-Files are written to a temporary name and renamed into place, ``spectrum.npz`` first and
-``run.json`` last, so a folder with a ``run.json`` always holds a complete run.
+Reading checks before use: ``run.json`` against the schema of its run kind and its
+``format_version``, every array's dtype, shape and finiteness against ``run.json``
+(:mod:`lowrank.runs.schema`); a damaged file is one :class:`LowrankError` line naming it.
+
+Writing is all-or-nothing (:func:`write_files`): every file of a run is written to a
+temporary name in the folder and flushed to disk, and only then renamed into place,
+``spectrum.npz`` first and ``run.json`` last, so a folder with a ``run.json`` always holds a
+complete run. A write that fails (a full disk, an I/O error, a folder that cannot be made)
+replaces nothing and is one :class:`LowrankError` line naming the path and the reason.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +28,22 @@ from typing import Any
 import numpy as np
 
 from lowrank.errors import LowrankError
-from lowrank.spectra.maths import SUMMARY_NAMES
+from lowrank.runs.arrays import (
+    check_arrays,
+    compare_array_spec,
+    projection_array_spec,
+    spectrum_array_spec,
+)
+from lowrank.runs.schema import FORMAT_VERSIONS, CheckpointInfo, validate, validate_meta
 from lowrank.runs.stats import RunningMoments, SpectrumStats
+from lowrank.spectra.maths import SUMMARY_NAMES
 
 FORMAT = "lowrank-spectrum"
-FORMAT_VERSION = 1
+FORMAT_VERSION = FORMAT_VERSIONS[FORMAT]
 RUN_JSON = "run.json"
 SPECTRUM_NPZ = "spectrum.npz"
+CHECKPOINT_JSON = "checkpoint.json"
+CHECKPOINT_NPZ = "checkpoint.npz"
 _MOMENTS = ("cumulative", "singular_values")
 
 
@@ -45,10 +59,11 @@ class SpectrumRun:
 
     @property
     def label(self) -> str:
-        """``model / dataset``, with a local model folder shown by its last component."""
+        """``model / dataset``, with a local folder or an in-memory model's path shown by its
+        last component."""
         model = self.meta["model"]
         name = str(model["name"])
-        if model.get("kind") == "local":
+        if model.get("kind") in ("local", "memory"):
             name = Path(name.rstrip("/")).name or name
         return f"{name} / {self.meta['corpus']['dataset']}"
 
@@ -73,148 +88,100 @@ def stats_arrays(stats: SpectrumStats) -> dict[str, np.ndarray]:
     return arrays
 
 
-CHECKPOINT_JSON = "checkpoint.json"
-CHECKPOINT_NPZ = "checkpoint.npz"
+def _moments(data: Mapping[str, np.ndarray], name: str, count: int) -> RunningMoments:
+    mean = np.asarray(data[f"{name}_mean"], dtype=np.float64)
+    return RunningMoments(count, mean, np.asarray(data[f"{name}_m2"], dtype=np.float64))
 
 
-def check_out_dir(
-    out: Path, identity: dict[str, Any], overwrite: bool, resume: bool = False
-) -> None:
-    """Refuse an output folder that holds something we must not replace.
+def stats_from_arrays(data: Mapping[str, np.ndarray]) -> SpectrumStats:
+    """The inverse of :func:`stats_arrays` (KeyError when an array is missing; check the
+    arrays first with :func:`lowrank.runs.arrays.stats_array_spec`)."""
+    count = int(data["num_sequences"])
+    summary_mean = np.stack([data[f"{s}_mean"] for s in SUMMARY_NAMES], axis=-1)
+    return SpectrumStats(
+        _moments(data, "cumulative", count),
+        _moments(data, "singular_values", count),
+        RunningMoments(
+            count,
+            summary_mean.astype(np.float64),
+            np.asarray(data["summaries_m2"], dtype=np.float64),
+        ),
+        int(data["heatmap_index"]),
+    )
 
-    A missing or empty folder is fine; one holding a run with the same ``identity`` is
-    replaced (same numbers); another run needs ``overwrite``; foreign files are never touched.
-    A partial run (a checkpoint) of the same identity needs ``resume`` or ``overwrite``.
-    """
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise LowrankError(f"--out '{out}' is a file, not a folder: choose another --out")
-    entries = {p.name for p in out.iterdir()}
-    if not entries:
-        return
-    if resume and RUN_JSON in entries and CHECKPOINT_JSON not in entries:
-        raise LowrankError(f"--resume: the run in '{out}' is already complete")
-    if CHECKPOINT_JSON in entries and RUN_JSON not in entries:
-        try:
-            partial = json.loads((out / CHECKPOINT_JSON).read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
-            partial = {}
-        if partial.get("identity") != identity and not overwrite:
-            raise LowrankError(
-                f"--out '{out}' holds a partial run of another configuration: choose another "
-                "--out or pass --overwrite"
-            )
-        if not resume and not overwrite:
-            raise LowrankError(
-                f"--out '{out}' holds a partial run ({partial.get('next_index', '?')} of "
-                f"{partial.get('total', '?')} sequences): pass --resume to continue it or "
-                "--overwrite to start again"
-            )
-        return
-    if RUN_JSON not in entries:
-        raise LowrankError(
-            f"--out '{out}' holds files that are not a lowrank run: choose an empty or new folder"
-        )
+
+NOTHING_REPLACED = "; nothing was replaced"
+RESTART_ADVICE = "; pass --overwrite (not --resume) to start again"
+
+
+def cannot(action: str, path: Path, exc: OSError, tail: str = "") -> LowrankError:
+    """``cannot write 'runs/x/spectrum.npz': No space left on device (errno 28)``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = f" (errno {exc.errno})" if exc.errno else ""
+    return LowrankError(f"cannot {action} '{path}': {reason}{code}{tail}")
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a run folder; unreadable or truncated ones raise a one-line error."""
+    if not path.is_file():
+        raise LowrankError(f"run folder '{path.parent}' has no {path.name}")
     try:
-        old = json.loads((out / RUN_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        old = {}
-    if old.get("identity") != identity and not overwrite:
-        raise LowrankError(
-            f"--out '{out}' holds another run ({old.get('command', 'unknown command')}): "
-            "choose another --out or pass --overwrite"
-        )
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise cannot("read", path, exc) from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise LowrankError(f"'{path}' is not valid JSON (truncated?): {exc}") from exc
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def read_meta(folder: Path, fmt: str) -> dict[str, Any]:
+    """``run.json`` of a run folder, checked to be of format ``fmt``, of a format version
+    this lowrank reads, and to match the schema of ``fmt`` (:mod:`lowrank.runs.schema`)."""
+    if not folder.is_dir():
+        if folder.exists():
+            raise LowrankError(f"run folder '{folder}' is a file, not a folder")
+        raise LowrankError(f"run folder '{folder}' does not exist")
+    meta_path = folder / RUN_JSON
+    if not meta_path.is_file():
+        raise LowrankError(f"'{folder}' is not a run folder: it has no {RUN_JSON}")
+    meta = read_json(meta_path)
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != fmt:
+        kind = f"a {found} run, not " if isinstance(found, str) and found[:8] == "lowrank-" else ""
+        raise LowrankError(f"'{meta_path}' is {kind or 'not '}a {fmt} run")
+    validate_meta(meta, fmt, meta_path)
+    return meta
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an npz file of a run folder (no pickles)."""
+    if not path.is_file():
+        raise LowrankError(f"run folder '{path.parent}' has no {path.name}")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_run(
-    out: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray], npz: str = SPECTRUM_NPZ
-) -> None:
-    """Write the arrays (``npz``) then ``run.json`` atomically into ``out`` (created if needed)."""
-    out.mkdir(parents=True, exist_ok=True)
-    named: dict[str, Any] = dict(arrays)
-    _atomic_write(out / npz, lambda fh: np.savez_compressed(fh, **named))
-    text = json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n"
-    _atomic_write(out / RUN_JSON, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def _moments(data: dict[str, np.ndarray], name: str, count: int) -> RunningMoments:
-    return RunningMoments(count, data[f"{name}_mean"], data[f"{name}_m2"])
-
-
-REQUIRED = (
-    "num_sequences",
-    "heatmap_index",
-    "input_ids",
-    "summaries_m2",
-    *(f"{m}_{k}" for m in _MOMENTS for k in ("mean", "std", "m2")),
-    *(f"{s}_mean" for s in SUMMARY_NAMES),
-)
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as exc:
+        # any failure to decode the bytes is damage: zipfile, zlib, numpy's header parser
+        # and its allocator (a header claiming a huge shape) each raise their own types
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise LowrankError(f"'{path}' is corrupted or truncated: {reason}") from exc
 
 
 def read_run(path: str | Path) -> SpectrumRun:
     """Read and validate a spectrum run folder.
 
     Raises:
-        LowrankError: naming the folder and what is missing, truncated or inconsistent.
+        LowrankError: naming the file and what is missing, truncated or inconsistent.
     """
     folder = Path(path)
     meta = read_meta(folder, FORMAT)
-    meta_path, npz_path = folder / RUN_JSON, folder / SPECTRUM_NPZ
+    npz_path = folder / SPECTRUM_NPZ
     data = read_npz(npz_path)
-    missing = [k for k in REQUIRED if k not in data]
-    if missing:
-        raise LowrankError(f"'{npz_path}' lacks arrays {', '.join(missing)}")
-    try:
-        layers, heads, n = (int(meta[k]) for k in ("num_layers", "num_heads", "seq_len"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise LowrankError(f"'{meta_path}' lacks num_layers/num_heads/seq_len") from exc
-    for name in _MOMENTS:
-        for kind in ("mean", "std", "m2"):
-            if data[f"{name}_{kind}"].shape != (layers, heads, n):
-                raise LowrankError(
-                    f"'{npz_path}': {name}_{kind} has shape {data[f'{name}_{kind}'].shape}, "
-                    f"run.json says ({layers}, {heads}, {n})"
-                )
-    if data["summaries_m2"].shape != (layers, heads, len(SUMMARY_NAMES)):
-        raise LowrankError(f"'{npz_path}': summaries_m2 has the wrong shape")
+    check_arrays(npz_path, data, spectrum_array_spec(meta, data))
     stats = stats_from_arrays(data)
     return SpectrumRun(folder, meta, stats, data["input_ids"], data.get("attention_mask"))
-
-
-def stats_from_arrays(data: dict[str, np.ndarray]) -> SpectrumStats:
-    """The inverse of :func:`stats_arrays` (KeyError when an array is missing)."""
-    count = int(data["num_sequences"])
-    summary_mean = np.stack([data[f"{s}_mean"] for s in SUMMARY_NAMES], axis=-1)
-    return SpectrumStats(
-        _moments(data, "cumulative", count),
-        _moments(data, "singular_values", count),
-        RunningMoments(count, summary_mean, data["summaries_m2"]),
-        int(data["heatmap_index"]),
-    )
-
-
-def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
-    """One row per record, columns from the first record's keys."""
-    import csv
-
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
 
 
 PROJECTION_FORMAT = "lowrank-projection"
@@ -253,118 +220,19 @@ class ProjectionRun:
         return self.arrays[key]
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file of a run folder; unreadable or truncated ones raise a one-line error."""
-    if not path.is_file():
-        raise LowrankError(f"run folder '{path.parent}' has no {path.name}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LowrankError(f"'{path}' is not valid JSON (truncated?): {exc}") from exc
-
-
-def read_meta(folder: Path, fmt: str) -> dict[str, Any]:
-    """``run.json`` of a run folder, checked to be of format ``fmt``."""
-    if not folder.is_dir():
-        raise LowrankError(f"run folder '{folder}' does not exist")
-    meta_path = folder / RUN_JSON
-    if not meta_path.is_file():
-        raise LowrankError(f"'{folder}' is not a run folder: it has no {RUN_JSON}")
-    meta = read_json(meta_path)
-    if not isinstance(meta, dict) or meta.get("format") != fmt:
-        raise LowrankError(f"'{meta_path}' is not a {fmt} run")
-    return meta
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an npz file of a run folder (no pickles)."""
-    if not path.is_file():
-        raise LowrankError(f"run folder '{path.parent}' has no {path.name}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise LowrankError(f"'{path}' is corrupted or truncated: {exc}") from exc
-
-
 def read_projection_run(path: str | Path) -> ProjectionRun:
     """Read and validate a ``lowrank project`` run folder."""
     folder = Path(path)
     meta = read_meta(folder, PROJECTION_FORMAT)
-    arrays = read_npz(folder / PROJECTION_NPZ)
-    for key in ("ks", "methods"):
-        if key not in arrays:
-            raise LowrankError(f"'{folder / PROJECTION_NPZ}' lacks the array {key}")
+    npz_path = folder / PROJECTION_NPZ
+    arrays = read_npz(npz_path)
+    check_arrays(npz_path, arrays, projection_array_spec(meta, arrays))
+    if int(meta["heatmap_k"]) not in arrays["ks"].tolist():
+        raise LowrankError(
+            f"'{folder / RUN_JSON}': heatmap_k {meta['heatmap_k']} is not one of the ks "
+            f"{arrays['ks'].tolist()} of '{npz_path}'"
+        )
     return ProjectionRun(folder, meta, arrays)
-
-
-def write_checkpoint(
-    out: Path,
-    identity: dict[str, Any],
-    parts: list[SpectrumStats],
-    next_index: int,
-    total: int,
-    command: str,
-) -> None:
-    """Save each rank's accumulators and the next sequence index atomically (npz, then json).
-
-    ``parts`` are in rank order, one per rank; together they hold sequences
-    ``[0, next_index)``. One part is stored under the run folder's array names, several under
-    ``rank{r}.``-prefixed ones. The npz carries ``next_index`` and ``world_size`` itself, so a
-    crash between the two renames leaves a checkpoint that is still consistent.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, Any] = {
-        "next_index": np.array(next_index),
-        "world_size": np.array(len(parts)),
-    }
-    if len(parts) == 1:
-        arrays |= stats_arrays(parts[0])
-    else:
-        for rank, stats in enumerate(parts):
-            arrays |= {f"rank{rank}.{k}": v for k, v in stats_arrays(stats).items()}
-    _atomic_write(out / CHECKPOINT_NPZ, lambda fh: np.savez(fh, **arrays))
-    info = {
-        "identity": identity,
-        "next_index": next_index,
-        "total": total,
-        "world_size": len(parts),
-        "command": command,
-    }
-    text = json.dumps(info, indent=2) + "\n"
-    _atomic_write(out / CHECKPOINT_JSON, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def read_checkpoint(out: Path, identity: dict[str, Any]) -> tuple[list[SpectrumStats], int] | None:
-    """Each rank's accumulators (rank order) and the next index of a partial run, if any."""
-    if not (out / CHECKPOINT_JSON).is_file():
-        return None
-    info = read_json(out / CHECKPOINT_JSON)
-    if not isinstance(info, dict) or "next_index" not in info:
-        raise LowrankError(f"'{out / CHECKPOINT_JSON}' is corrupted: choose --overwrite")
-    if info.get("identity") != identity:
-        raise LowrankError(f"the checkpoint in '{out}' belongs to another configuration")
-    data = read_npz(out / CHECKPOINT_NPZ)
-    world = int(data.get("world_size", 1))
-    try:
-        if world == 1:
-            parts = [stats_from_arrays(data)]
-        else:
-            parts = [
-                stats_from_arrays(
-                    {k.partition(".")[2]: v for k, v in data.items() if k.startswith(f"rank{r}.")}
-                )
-                for r in range(world)
-            ]
-    except KeyError as exc:
-        raise LowrankError(f"'{out / CHECKPOINT_NPZ}' lacks {exc}") from exc
-    next_index = int(data["next_index"]) if "next_index" in data else int(info["next_index"])
-    return parts, next_index
-
-
-def clear_checkpoint(out: Path) -> None:
-    for name in (CHECKPOINT_JSON, CHECKPOINT_NPZ):
-        (out / name).unlink(missing_ok=True)
 
 
 COMPARE_FORMAT = "lowrank-compare"
@@ -438,12 +306,29 @@ def read_compare_run(path: str | Path) -> CompareRun:
     """Read and validate a ``lowrank compare`` run folder."""
     folder = Path(path)
     meta = read_meta(folder, COMPARE_FORMAT)
-    arrays = read_npz(folder / COMPARE_NPZ)
-    missing = [k for k in COMPARE_REQUIRED if k not in arrays]
-    if missing:
-        raise LowrankError(f"'{folder / COMPARE_NPZ}' lacks arrays {', '.join(missing)}")
-    shape = arrays["output_error_mean"].shape
-    expected = (len(arrays["families"]), len(arrays["budgets"]), *arrays["entropy_mean"].shape)
-    if shape != expected:
-        raise LowrankError(f"'{folder / COMPARE_NPZ}': output_error_mean has shape {shape}")
+    npz_path = folder / COMPARE_NPZ
+    arrays = read_npz(npz_path)
+    check_arrays(npz_path, arrays, compare_array_spec(meta, arrays))
+    budgets = arrays["budgets"].tolist()
+    if meta["focus_budget"] not in budgets:
+        raise LowrankError(
+            f"'{folder / RUN_JSON}': focus_budget {meta['focus_budget']} is not one of the "
+            f"budgets {budgets} of '{npz_path}'"
+        )
+    if f"{meta['winner_metric']}_mean" not in arrays:
+        raise LowrankError(
+            f"'{folder / RUN_JSON}': winner_metric {meta['winner_metric']!r} names no array "
+            f"of '{npz_path}'"
+        )
     return CompareRun(folder, meta, arrays)
+
+
+def read_checkpoint_info(out: Path) -> dict[str, Any]:
+    """``checkpoint.json`` of ``out``, validated (one line saying how to start again)."""
+    path = out / CHECKPOINT_JSON
+    try:
+        info = read_json(path)
+    except LowrankError as exc:
+        raise LowrankError(f"{exc}{RESTART_ADVICE}") from None
+    validate(CheckpointInfo, info, path, RESTART_ADVICE)
+    return dict(info)

@@ -57,6 +57,7 @@ def merge_runs(runs: list[SpectrumRun]) -> tuple[dict[str, Any], dict[str, np.nd
             "lowrank merge combines shards of one run (made with --shard i/N); "
             f"'{runs[shards.index(None)].path}' is not a shard"
         )
+    # each shard is {"index": i, "count": N}, 1 <= i <= N (checked by the run.json schema)
     indices = [s["index"] for s in shards]  # type: ignore[index]
     counts = {s["count"] for s in shards}  # type: ignore[index]
     if len(counts) != 1:
@@ -94,7 +95,23 @@ def merge_runs(runs: list[SpectrumRun]) -> tuple[dict[str, Any], dict[str, np.nd
     return meta, arrays
 
 
+def read_parts(folders: list[Path]) -> list[SpectrumRun]:
+    """Read every part of a merge, all before anything is written.
+
+    Raises:
+        LowrankError: ``part 2 'runs/b': ...``, naming the first damaged part and why.
+    """
+    runs = []
+    for i, folder in enumerate(folders, 1):
+        try:
+            runs.append(read_run(folder))
+        except LowrankError as exc:
+            raise LowrankError(f"part {i} '{folder}': {exc}") from None
+    return runs
+
+
 def merge_folders(folders: list[Path]) -> tuple[dict[str, Any], dict[str, np.ndarray], bool]:
-    runs = [read_run(f) for f in folders]
-    meta, arrays = merge_runs(runs)
+    """Metadata and arrays of the merge of ``folders``, and whether every shard is there
+    (nothing is written: every part is read and checked first)."""
+    meta, arrays = merge_runs(read_parts(folders))
     return meta, arrays, bool(meta["complete"])

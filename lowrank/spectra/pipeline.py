@@ -152,8 +152,10 @@ def _spectra_retrying(
     padding: PaddingSide | None,
     device: torch.device,
     warn: Callable[[str], None],
+    auto_batch: bool = False,
 ) -> list[np.ndarray]:
-    """Spectra of a batch, halving it (recursively) when it runs out of memory."""
+    """Spectra of a batch; out of memory, halved (recursively) with ``auto_batch``, else
+    refused in one line naming the batch size to use."""
     try:
         return [_spectra(loaded, ids, lengths, padding, device)]
     except Exception as exc:
@@ -167,10 +169,16 @@ def _spectra_retrying(
         if device.type == "cuda":
             torch.cuda.empty_cache()
         half = len(lengths) // 2
+        if not auto_batch:
+            raise LowrankError(
+                f"out of memory on a batch of {len(lengths)}: use --batch-size {half}, or pass "
+                "--auto-batch to halve a batch that runs out of memory"
+            ) from exc
         warn(f"out of memory on a batch of {len(lengths)}: retrying as batches of {half}")
-        return _spectra_retrying(loaded, ids[:half], lengths[:half], padding, device, warn) + (
-            _spectra_retrying(loaded, ids[half:], lengths[half:], padding, device, warn)
-        )
+        return [
+            *_spectra_retrying(loaded, ids[:half], lengths[:half], padding, device, warn, True),
+            *_spectra_retrying(loaded, ids[half:], lengths[half:], padding, device, warn, True),
+        ]
 
 
 def deal(
@@ -223,6 +231,7 @@ def analyse(
     checkpoint_due: Callable[[int], bool] | None = None,
     warn: Callable[[str], None] = lambda message: None,
     team: Team | None = None,
+    auto_batch: bool = False,
 ) -> PipelineResult:
     """Spectra of every (layer, head) for every sequence, accumulated into statistics.
 
@@ -275,7 +284,9 @@ def analyse(
             if hi > lo:
                 tick = time.perf_counter()
                 ids, lengths = sequences.input_ids[lo:hi], sequences.lengths[lo:hi]
-                for part in _spectra_retrying(loaded, ids, lengths, padding, device, warn):
+                for part in _spectra_retrying(
+                    loaded, ids, lengths, padding, device, warn, auto_batch
+                ):
                     stats = stats.add(part)
                 result.compute_seconds += time.perf_counter() - tick
                 result.batches += 1

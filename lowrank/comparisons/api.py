@@ -1,0 +1,182 @@
+"""``lowrank.compare``: low-rank against sparse, LSH, kernel and Nystrom attention, from
+Python."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, get_args
+
+from lowrank.comparisons.result import CompareResult
+from lowrank.errors import LowrankError
+from lowrank.inputs.options import check_choices, check_int, check_list, check_seed, check_seq_len
+from lowrank.spectra.config import PAPER_SEQ_LEN, DatasetName, Device, Policy
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from lowrank.comparisons.methods import PinvMethod, SupportMethod
+    from lowrank.comparisons.sink import Metric
+    from lowrank.inputs.memory import DataInput, ModelInput
+
+__all__ = ["CompareResult", "compare"]
+
+
+def compare(
+    model: ModelInput = "minilm",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    data: DataInput = None,
+    *,
+    dataset: DatasetName | None = None,
+    split: str = "test",
+    seq_len: int = PAPER_SEQ_LEN,
+    batch_size: int = 4,
+    seed: int | None = None,
+    policy: Policy = "auto",
+    device: Device = "auto",
+    num_sequences: int = 16,
+    budget: int | Sequence[int] = (16, 32, 64, 128),
+    families: str | Sequence[str] = "all",
+    lsh_rounds: int = 2,
+    globals: int = 2,
+    nystrom_pinv: PinvMethod = "iterative",
+    scatterbrain_sparse: SupportMethod = "lsh",
+    scatterbrain_split: float = 0.5,
+    metric: Metric = "output",
+    focus_budget: int | None = None,
+    draw_seed: int = 0,
+    workers: int | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    plot: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> CompareResult:
+    """Every approximation family against the real attention, head by head, per budget.
+
+    For every family at every budget b (about n b numbers per n x n attention) and every
+    (layer, head): ``||P~ - P||_F / ||P||_F``, the head-output error ``||P~V - PV|| / ||PV||``,
+    the scale-free output error and the output cosine, from the captured Q, K, V and P;
+    means and spreads over sequences, with each head's entropy, sink mass, c at b and
+    effective rank, and the winner per head (see ``lowrank compare --help``).
+
+    Args:
+        model: a preset name, hub id, local folder, or a ``transformers.PreTrainedModel``
+            (left exactly as found).
+        tokenizer: the tokenizer of a model object (or one replacing a named model's own);
+            optional with token ids.
+        data: ``--data`` (a path), texts (a list or any iterable of strings), or token ids
+            ``[N, n]`` (n then sets ``seq_len``).
+        budget: ``--budget``, one or several b in 1..n; sorted (with a log line) when given
+            out of order.
+        families: ``--families``: ``"all"``, comma-separated names, or a list of names.
+        globals: ``--globals``, the global tokens of local-global.
+        out: the run folder to write (``compare.npz``, ``run.json``); None writes nothing.
+        overwrite: replace another run in ``out``.
+        plot: also draw the comparison figures into ``<out>/figures`` (needs ``out``).
+        progress: a tqdm bar over the sequences; False silences it.
+        command: the command line ``run.json`` records (the CLI passes its own); None
+            records this call.
+
+    The other options are those of ``lowrank compare`` (same names with underscores, same
+    defaults and checks).
+
+    Returns:
+        a :class:`CompareResult`: arrays named as in ``compare.npz`` (e.g. ``output_error_mean``
+        [F, K, L, H], ``entropy_mean`` [L, H], ``winner`` [K, L, H]), ``summary(at=b)``,
+        ``report()``, ``plot()``, ``save()``.
+
+    Raises:
+        LowrankError: any bad option or input, with the CLI's one-line message.
+    """
+    options = dict(locals())
+    from lowrank.comparisons.methods import FAMILIES
+    from lowrank.comparisons.sink import CompareSpec
+    from lowrank.comparisons.workflow import compare_identity, run_compare
+    from lowrank.inputs.memory import is_memory_data, is_memory_model, model_label, settle_config
+    from lowrank.runs.provenance import Provenance
+    from lowrank.runs.writing import check_out_dir
+    from lowrank.spectra.config import SpectrumConfig
+
+    if seed is not None:
+        check_seed("--seed", seed)
+    check_seq_len("--seq-len", seq_len)
+    check_int("--num-sequences", num_sequences, low=1)
+    check_int("--batch-size", batch_size, low=1)
+    if workers is not None:
+        check_int("--workers", workers, low=1)
+    if dataset is not None:
+        check_choices("--dataset", [dataset], get_args(DatasetName))
+    check_choices("--policy", [policy], get_args(Policy))
+    check_choices("--device", [device], get_args(Device))
+    budgets = check_list(
+        "--budget",
+        [_whole("--budget", b) for b in ([budget] if isinstance(budget, int | float) else budget)],
+        low=1,
+    )
+    spec = CompareSpec(
+        budgets=budgets,
+        families=_families(families, FAMILIES),
+        rounds=lsh_rounds,
+        globals_=globals,
+        pinv=nystrom_pinv,
+        support=scatterbrain_sparse,
+        split=scatterbrain_split,
+        metric=metric,
+        focus=None if focus_budget is None else _whole("--focus-budget", focus_budget),
+        seed=draw_seed,
+    )
+    if plot and out is None:
+        raise LowrankError("plot draws into the run folder: give out= as well")
+    config = SpectrumConfig(
+        model=model_label(model),
+        dataset=dataset,
+        data=None if data is None or is_memory_data(data) else os.fspath(data),  # type: ignore[arg-type]
+        split=split,
+        seq_len=seq_len,
+        num_sequences=num_sequences,
+        batch_size=batch_size,
+        seed=seed,
+        policy=policy,
+        device=device,
+    )
+    config = settle_config(config, model, data)
+    spec.check(config.seq_len)
+    if out is not None and not is_memory_data(data):
+        identity = compare_identity(config, spec)
+        if is_memory_model(model):
+            identity["model_object"] = f"{type(model).__name__}:{model_label(model)}"
+        check_out_dir(Path(out), identity, overwrite)
+    provenance = Provenance.of(compare, options, command)
+    res = run_compare(model, tokenizer, data, config, spec, provenance, workers, progress)
+    if out is not None:
+        res.save(out, overwrite=overwrite)
+        if plot:
+            res.figures = res.write_figures()
+    return res
+
+
+def _whole(option: str, value: object) -> int:
+    """A whole number given as an int or as a float such as 1e3 (the CLI reads both)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LowrankError(f"{option}: {value!r} is not a number")
+    if isinstance(value, float) and not (math.isfinite(value) and value == int(value)):
+        raise LowrankError(f"{option}: '{value}' is not a whole number")
+    return int(value)
+
+
+def _families(families: str | Sequence[str], known: tuple[str, ...]) -> tuple[str, ...]:
+    """``"all"``, ``"lsh,performer"`` or a list of names -> names in the order given."""
+    if isinstance(families, str):
+        if families.strip() == "all":
+            return known
+        families = [t.strip() for t in families.split(",") if t.strip()]
+    names = tuple(families)
+    for name in names:
+        if name not in known:
+            raise LowrankError(f"--families: unknown family '{name}' ({', '.join(known)})")
+    if not names:
+        raise LowrankError("--families: give at least one family")
+    return check_choices("--families", names, known)
