@@ -8,9 +8,9 @@ import torch
 
 from lowrank.errors import LowrankError
 from lowrank.hooks.attention import AttentionCall, capture, valid_blocks
+from lowrank.inputs.config import heatmap_index
 from lowrank.inputs.corpora import build_sequences, load_corpus
 from lowrank.inputs.models import load_model
-from lowrank.spectra.config import heatmap_index
 from lowrank.spectra.pipeline import SpectrumSink, analyse
 from tests.helpers import SEQ_LEN, reference_cumulative
 

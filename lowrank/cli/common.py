@@ -15,7 +15,7 @@ import click
 
 from lowrank import __version__
 from lowrank.errors import LowrankError
-from lowrank.spectra.config import (
+from lowrank.inputs.config import (
     MODEL_PRESETS,
     PAPER_SEQ_LEN,
     DatasetName,

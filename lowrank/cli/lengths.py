@@ -8,7 +8,7 @@ from typing import Any, get_args
 import click
 
 from lowrank.cli.common import CommaList, _model_help, command_line, handle_errors, main
-from lowrank.spectra.config import DatasetName, Device, DType
+from lowrank.inputs.config import DatasetName, Device, DType
 
 
 @main.command()

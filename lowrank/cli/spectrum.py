@@ -9,7 +9,7 @@ from typing import Any, get_args
 import click
 
 from lowrank.cli.common import _model_help, command_line, handle_errors, main
-from lowrank.spectra.config import (
+from lowrank.inputs.config import (
     PAPER_NUM_SEQUENCES,
     PAPER_SEQ_LEN,
     DatasetName,

@@ -7,12 +7,12 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING
 
 from lowrank.comparisons.result import CompareResult
 from lowrank.errors import LowrankError
-from lowrank.inputs.options import check_choices, check_int, check_list, check_seed, check_seq_len
-from lowrank.spectra.config import PAPER_SEQ_LEN, DatasetName, Device, Policy
+from lowrank.inputs.config import PAPER_SEQ_LEN, DatasetName, Device, Policy
+from lowrank.inputs.options import check_choices, check_int, check_list
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -95,22 +95,25 @@ def compare(
     from lowrank.comparisons.methods import FAMILIES
     from lowrank.comparisons.sink import CompareSpec
     from lowrank.comparisons.workflow import compare_identity, run_compare
+    from lowrank.inputs.config import checked_config
     from lowrank.inputs.memory import is_memory_data, is_memory_model, model_label, settle_config
     from lowrank.runs.provenance import Provenance
     from lowrank.runs.writing import check_out_dir
-    from lowrank.spectra.config import SpectrumConfig
 
-    if seed is not None:
-        check_seed("--seed", seed)
-    check_seq_len("--seq-len", seq_len)
-    check_int("--num-sequences", num_sequences, low=1)
-    check_int("--batch-size", batch_size, low=1)
+    config = checked_config(
+        model=model_label(model),
+        dataset=dataset,
+        data=None if data is None or is_memory_data(data) else os.fspath(data),  # type: ignore[arg-type]
+        split=split,
+        seq_len=seq_len,
+        num_sequences=num_sequences,
+        batch_size=batch_size,
+        seed=seed,
+        policy=policy,
+        device=device,
+    )
     if workers is not None:
         check_int("--workers", workers, low=1)
-    if dataset is not None:
-        check_choices("--dataset", [dataset], get_args(DatasetName))
-    check_choices("--policy", [policy], get_args(Policy))
-    check_choices("--device", [device], get_args(Device))
     budgets = check_list(
         "--budget",
         [_whole("--budget", b) for b in ([budget] if isinstance(budget, int | float) else budget)],
@@ -130,18 +133,6 @@ def compare(
     )
     if plot and out is None:
         raise LowrankError("plot draws into the run folder: give out= as well")
-    config = SpectrumConfig(
-        model=model_label(model),
-        dataset=dataset,
-        data=None if data is None or is_memory_data(data) else os.fspath(data),  # type: ignore[arg-type]
-        split=split,
-        seq_len=seq_len,
-        num_sequences=num_sequences,
-        batch_size=batch_size,
-        seed=seed,
-        policy=policy,
-        device=device,
-    )
     config = settle_config(config, model, data)
     spec.check(config.seq_len)
     if out is not None and not is_memory_data(data):

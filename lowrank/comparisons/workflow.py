@@ -30,8 +30,8 @@ from lowrank.comparisons.sink import (
     CompareSpec,
     measure,
 )
+from lowrank.inputs.config import SpectrumConfig
 from lowrank.runs.schema import FORMAT_VERSIONS
-from lowrank.spectra.config import SpectrumConfig
 
 if TYPE_CHECKING:
     from lowrank.inputs.memory import DataInput, ModelInput

@@ -8,9 +8,9 @@ from typing import get_args
 
 from lowrank.costs.result import EfficiencyResult
 from lowrank.errors import LowrankError
+from lowrank.inputs.config import Device, DType
 from lowrank.inputs.options import check_choices, check_int, check_list, check_positive
 from lowrank.runs.provenance import Provenance
-from lowrank.spectra.config import Device, DType
 
 __all__ = ["EfficiencyResult", "efficiency"]
 

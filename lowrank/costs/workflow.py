@@ -22,8 +22,8 @@ from lowrank.costs.timing import (
     speedup_table,
 )
 from lowrank.errors import LowrankError
+from lowrank.inputs.config import DType
 from lowrank.runs.schema import FORMAT_VERSIONS
-from lowrank.spectra.config import DType
 
 if TYPE_CHECKING:
     from lowrank.runs.provenance import Provenance

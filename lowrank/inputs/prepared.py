@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lowrank.errors import LowrankError
-from lowrank.spectra.config import SpectrumConfig
+from lowrank.inputs.config import SpectrumConfig
 
 if TYPE_CHECKING:
     import torch

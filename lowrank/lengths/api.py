@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from lowrank.errors import LowrankError
+from lowrank.inputs.config import DatasetName, Device, DType
 from lowrank.inputs.options import (
     MIN_SEQ_LEN,
     check_choices,
@@ -18,7 +19,6 @@ from lowrank.inputs.options import (
     check_seed,
 )
 from lowrank.lengths.result import ScalingResult
-from lowrank.spectra.config import DatasetName, Device, DType
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -95,6 +95,7 @@ def scaling(
         LowrankError: any bad option or input, with the CLI's one-line message.
     """
     options = dict(locals())
+    from lowrank.inputs.config import SpectrumConfig
     from lowrank.inputs.memory import (
         is_memory_data,
         is_memory_model,
@@ -105,7 +106,6 @@ def scaling(
     from lowrank.lengths.workflow import ScalingSpec, run_scaling, scaling_identity
     from lowrank.runs.provenance import Provenance
     from lowrank.runs.writing import check_out_dir
-    from lowrank.spectra.config import SpectrumConfig
 
     if seed is not None:
         check_seed("--seed", seed)

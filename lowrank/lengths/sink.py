@@ -20,9 +20,9 @@ import torch
 
 from lowrank.errors import LowrankError
 from lowrank.hooks.attention import AttentionCall, capture, valid_blocks
+from lowrank.inputs.config import heatmap_index
 from lowrank.lengths.fits import rank_measures
 from lowrank.runs.stats import SpectrumStats
-from lowrank.spectra.config import heatmap_index
 from lowrank.spectra.pipeline import SpectrumSink, half_width, is_out_of_memory, tracked
 
 if TYPE_CHECKING:

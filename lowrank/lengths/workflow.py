@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lowrank.errors import LowrankError
+from lowrank.inputs.config import SpectrumConfig, heatmap_index
 from lowrank.inputs.options import check_seq_len
 from lowrank.lengths.fits import (
     ALL_MEASURES,
@@ -39,7 +40,6 @@ from lowrank.lengths.sink import (
     estimate_for,
 )
 from lowrank.runs.schema import FORMAT_VERSIONS
-from lowrank.spectra.config import SpectrumConfig, heatmap_index
 from lowrank.spectra.result import SpectrumResult
 
 if TYPE_CHECKING:

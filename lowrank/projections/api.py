@@ -18,22 +18,23 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from numbers import Integral, Real
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lowrank.errors import LowrankError, require_finite_positive
-from lowrank.inputs.options import check_choices, check_int, check_list, check_seed, check_seq_len
-from lowrank.projections.approximation import ESTIMATORS, ProjectionSpec, check_k_range
-from lowrank.projections.result import ProjectionResult, VerifyResult
-from lowrank.projections.sketches import METHODS, SHARINGS
-from lowrank.runs.provenance import package_versions
-from lowrank.runs.writing import check_out_dir
-from lowrank.spectra.config import (
+from lowrank.inputs.config import (
     PAPER_SEQ_LEN,
     DatasetName,
     Device,
     Policy,
     SpectrumConfig,
+    checked_config,
 )
+from lowrank.inputs.options import check_choices, check_int, check_list, check_seed
+from lowrank.projections.approximation import ESTIMATORS, ProjectionSpec, check_k_range
+from lowrank.projections.result import ProjectionResult, VerifyResult
+from lowrank.projections.sketches import METHODS, SHARINGS
+from lowrank.runs.provenance import package_versions
+from lowrank.runs.writing import check_out_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -310,24 +311,15 @@ def _config(
     """The corpus options checked and settled for these inputs (token ids fix n)."""
     from lowrank.inputs.memory import settle_config
 
-    check_seq_len("--seq-len", seq_len)
-    check_int("--num-sequences", num_sequences, low=1)
-    check_int("--batch-size", batch_size, low=1)
-    if seed is not None:
-        check_seed("--seed", seed)
-    if dataset is not None:
-        check_choices("--dataset", [dataset], get_args(DatasetName))
-    check_choices("--policy", [policy], get_args(Policy))
-    check_choices("--device", [device], get_args(Device))
-    config = SpectrumConfig(
-        dataset=dataset,  # type: ignore[arg-type]
+    config = checked_config(
+        dataset=dataset,
         split=split,
         seq_len=seq_len,
         num_sequences=num_sequences,
         batch_size=batch_size,
         seed=seed,
-        policy=policy,  # type: ignore[arg-type]
-        device=device,  # type: ignore[arg-type]
+        policy=policy,
+        device=device,
     )
     return settle_config(config, model, data)
 

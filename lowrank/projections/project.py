@@ -28,9 +28,9 @@ from lowrank.runs.schema import FORMAT_VERSIONS
 from lowrank.runs.stats import holm, t_interval
 
 if TYPE_CHECKING:
+    from lowrank.inputs.config import SpectrumConfig
     from lowrank.inputs.models import LoadedModel
     from lowrank.inputs.prepared import Prepared
-    from lowrank.spectra.config import SpectrumConfig
 
 
 def run_project(

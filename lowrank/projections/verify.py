@@ -44,8 +44,8 @@ from lowrank.runs.schema import FORMAT_VERSIONS
 from lowrank.runs.stats import ClusteredRate
 
 if TYPE_CHECKING:
+    from lowrank.inputs.config import SpectrumConfig
     from lowrank.inputs.prepared import Prepared
-    from lowrank.spectra.config import SpectrumConfig
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from lowrank.errors import LowrankError, require_finite_positive
-from lowrank.inputs.options import check_int, check_seed, check_seq_len
-from lowrank.runs.provenance import python_call
-from lowrank.spectra.config import (
+from lowrank.inputs.config import (
     PAPER_NUM_SEQUENCES,
     PAPER_SEQ_LEN,
     DatasetName,
@@ -32,7 +30,10 @@ from lowrank.spectra.config import (
     DType,
     Policy,
     SpectrumConfig,
+    checked_config,
 )
+from lowrank.inputs.options import check_int
+from lowrank.runs.provenance import python_call
 from lowrank.spectra.result import SpectrumResult
 
 if TYPE_CHECKING:
@@ -203,30 +204,19 @@ def spectrum_config(
     ``model`` and ``data`` only fill the config's strings (names and paths; objects are
     settled by :func:`lowrank.inputs.memory.settle_config`).
     """
-    check_seq_len("--seq-len", seq_len)
-    check_int("--num-sequences", num_sequences, low=1)
-    check_int("--batch-size", batch_size, low=1)
-    if seed is not None:
-        check_seed("--seed", seed)
-    _choice("--device", device, get_args(Device))
-    _choice("--dtype", dtype, get_args(DType))
-    _choice("--policy", policy, get_args(Policy))
-    _choice("--dataset", dataset, get_args(DatasetName))
-    if not isinstance(split, str) or not split:
-        raise LowrankError(f"--split {split!r}: give a split name such as 'test'")
-    return SpectrumConfig(
+    return checked_config(
         model=model if isinstance(model, str) else "model",
-        dataset=dataset,  # type: ignore[arg-type]
+        dataset=dataset,
         data=os.fspath(data) if isinstance(data, str | os.PathLike) else None,
         split=split,
         seq_len=seq_len,
         num_sequences=num_sequences,
         batch_size=batch_size,
         seed=seed,
-        policy=policy,  # type: ignore[arg-type]
-        keep_short=bool(keep_short),
-        device=device,  # type: ignore[arg-type]
-        dtype=dtype or "float32",  # type: ignore[arg-type]
+        policy=policy,
+        keep_short=keep_short,
+        device=device,
+        dtype=dtype or "float32",
     )
 
 

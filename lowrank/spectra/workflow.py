@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 
 from lowrank.errors import LowrankError
+from lowrank.inputs.config import SpectrumConfig, heatmap_index
 from lowrank.inputs.prepared import Prepared
 from lowrank.runs.checkpoints import clear_checkpoint, read_checkpoint, write_checkpoint
 from lowrank.runs.folders import FORMAT, FORMAT_VERSION, stats_arrays
 from lowrank.runs.provenance import package_versions
 from lowrank.runs.writing import check_out_dir, write_run
-from lowrank.spectra.config import SpectrumConfig, heatmap_index
 from lowrank.spectra.result import SpectrumResult
 
 if TYPE_CHECKING:

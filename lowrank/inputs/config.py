@@ -7,7 +7,10 @@ from ``typing.get_args`` so the two can never drift apart.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from lowrank.errors import LowrankError
+from lowrank.inputs.options import check_choices, check_int, check_seed, check_seq_len
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["float32", "float16", "bfloat16"]
@@ -88,3 +91,52 @@ class SpectrumConfig:
             "keep_short": self.keep_short,
             "dtype": self.dtype,
         }
+
+
+def checked_config(
+    *,
+    model: str = "model",
+    dataset: str | None = None,
+    data: str | None = None,
+    split: str = "test",
+    seq_len: int = PAPER_SEQ_LEN,
+    num_sequences: int = PAPER_NUM_SEQUENCES,
+    batch_size: int = 8,
+    seed: int | None = None,
+    policy: str = "auto",
+    keep_short: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
+) -> SpectrumConfig:
+    """A :class:`SpectrumConfig` from the model and corpus options every analysis shares,
+    each checked with the CLI's one-line message (the one place these checks live).
+
+    Raises:
+        LowrankError: an option out of range or not one of its choices.
+    """
+    check_seq_len("--seq-len", seq_len)
+    check_int("--num-sequences", num_sequences, low=1)
+    check_int("--batch-size", batch_size, low=1)
+    if seed is not None:
+        check_seed("--seed", seed)
+    check_choices("--device", [device], get_args(Device))
+    check_choices("--dtype", [dtype], get_args(DType))
+    check_choices("--policy", [policy], get_args(Policy))
+    if dataset is not None:
+        check_choices("--dataset", [dataset], get_args(DatasetName))
+    if not isinstance(split, str) or not split:
+        raise LowrankError(f"--split {split!r}: give a split name such as 'test'")
+    return SpectrumConfig(
+        model=model,
+        dataset=dataset,  # type: ignore[arg-type]
+        data=data,
+        split=split,
+        seq_len=seq_len,
+        num_sequences=num_sequences,
+        batch_size=batch_size,
+        seed=seed,
+        policy=policy,  # type: ignore[arg-type]
+        keep_short=bool(keep_short),
+        device=device,  # type: ignore[arg-type]
+        dtype=dtype,  # type: ignore[arg-type]
+    )
