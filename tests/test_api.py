@@ -282,3 +282,24 @@ def test_plot_and_heatmap_draw_on_the_given_axes(cli_run):
         )
     finally:
         plt.close(fig)
+
+
+def test_a_text_where_a_path_is_expected_is_one_line(bert_dir):
+    with pytest.raises(LowrankError, match=r"is not a usable path .*pass texts as a list") as info:
+        spectrum(str(bert_dir), None, "many words " * 200, seq_len=16, progress=False)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_texts_in_the_tokenizer_slot_are_named(bert_dir):
+    with pytest.raises(LowrankError, match=r"tokenizer= got a list, .*go in data="):
+        spectrum(str(bert_dir), ["a text"] * 3, seq_len=16, progress=False)  # type: ignore[arg-type]
+
+
+def test_the_library_logs_and_never_prints(bert_dir, capfd, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="lowrank"):
+        spectrum(str(bert_dir), seq_len=16, num_sequences=2, progress=False)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # nothing on the terminal
+    assert any("n = 16 < 512" in r.getMessage() for r in caplog.records)  # but logged

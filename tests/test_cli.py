@@ -164,3 +164,16 @@ def test_summary_refuses_an_index_past_n(tiny_run):
     out, _ = tiny_run
     res = _summary_args(out, "--at", str(SEQ_LEN + 1))
     assert res.exit_code == 2 and f"between 1 and {SEQ_LEN}" in res.stderr
+
+
+def test_summary_markdown_escapes_bars_inside_cells():
+    import pandas as pd
+
+    from lowrank.cli.runs import FORMATS
+
+    table = pd.DataFrame({"series": ["paper | real | values"], "k": [16]})
+    text = FORMATS["markdown"](table)
+    header, _rule, row = text.splitlines()
+    cells = [c.strip() for c in row.strip().strip("|").split(" | ")]
+    assert cells == [r"paper \| real \| values", "16"]  # two cells, as in the header
+    assert len(header.strip().strip("|").split(" | ")) == 2

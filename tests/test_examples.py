@@ -106,7 +106,10 @@ def check_projection_comparison(out: str, folder: Path) -> None:
     assert np.abs(theorem2["mean"].to_numpy() - table["mean"].to_numpy()).max() <= 5e-7
     assert (theorem2["ci_low"] <= theorem2["mean"]).all()
     assert (theorem2["mean"] <= theorem2["ci_high"]).all()
-    assert set(theorem2["verdict"]) <= {"+", "-", "~"}
+    assert set(theorem2["verdict"]) <= {"+", "-", "~", "n/a"}
+    baselines = theorem2["row"] == "uniform"
+    assert (theorem2.loc[baselines, "verdict"] == "n/a").all()
+    assert set(theorem2.loc[~baselines, "verdict"]) <= {"+", "-", "~"}
     cosine = saved.effects()["cosine"].to_numpy()
     assert np.abs(effects["cosine"].to_numpy() - cosine).max() <= 5e-7
     assert ((effects["cosine"] >= -1) & (effects["cosine"] <= 1)).all()

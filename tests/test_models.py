@@ -50,6 +50,25 @@ def test_hub_model_not_cached_and_unreachable_fails_fast(monkeypatch, tmp_path):
     assert time.perf_counter() - start < 30
 
 
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("minlm", "did you mean the preset 'minilm'?"),
+        ("Roberta-bse", "'roberta-base'"),
+        ("xyz", None),
+    ],
+)
+def test_a_name_close_to_a_preset_is_suggested(monkeypatch, tmp_path, name, hint):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=5.0: False)
+    with pytest.raises(LowrankError) as info:
+        load_model(name)
+    if hint is None:
+        assert "did you mean" not in str(info.value)
+    else:
+        assert hint in str(info.value)
+
+
 def test_roberta_preset_points_at_the_hub():
     src = resolve_model("roberta-base")
     assert (src.kind, src.location) == ("hub", "FacebookAI/roberta-base")

@@ -98,7 +98,11 @@ def _csv(df: pd.DataFrame) -> str:
 
 
 def _markdown(df: pd.DataFrame) -> str:
-    return str(df.to_markdown(index=False))
+    """A Markdown table; a ``|`` inside a cell (verify's series names) is escaped."""
+    escaped = df.apply(
+        lambda column: column.map(lambda v: v.replace("|", r"\|") if isinstance(v, str) else v)
+    )
+    return str(escaped.to_markdown(index=False))
 
 
 def _json(df: pd.DataFrame) -> str:

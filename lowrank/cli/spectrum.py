@@ -56,7 +56,8 @@ from lowrank.inputs.config import (
     type=click.IntRange(min=1),
     default=8,
     show_default=True,
-    help="Sequences per forward pass (the numbers do not depend on it). Checked against the "
+    help="Sequences per forward pass (it changes c only by float32 rounding, ~1e-7). "
+    "Checked against the "
     "free memory before the first batch.",
 )
 @click.option(
@@ -122,7 +123,7 @@ from lowrank.inputs.config import (
     type=click.Choice(["gloo", "nccl"]),
     default=None,
     help="Under torchrun: the torch.distributed backend (default: gloo on the CPU, nccl on "
-    "CUDA). See 'Running on a cluster' in the README.",
+    "CUDA). See docs/long-runs.md, 'Running on a cluster'.",
 )
 @click.option(
     "--verbose",
@@ -144,7 +145,7 @@ def spectrum(**opts: Any) -> None:
     sharp because they have few keys, and its best rank-k approximation reaches into the
     future, which a causal model may not use. So its c and ranks are bounds: a causal
     rank-k attention captures at most c_k and needs at least these ranks. They do not
-    compare one to one with an encoder's (README, "Causal attention").
+    compare one to one with an encoder's (docs/spectrum.md, "Causal attention").
     """
     from lowrank.spectra.api import spectrum as run
     from lowrank.spectra.workflow import RunInterrupted, default_out

@@ -213,7 +213,15 @@ def load_corpus(dataset: DatasetName | None, data: str | None, split: str = "tes
             text column, not parquet), or a corpus with no text.
     """
     path = Path(data).expanduser() if data else None
-    if path is not None and not path.exists():
+    try:
+        missing = path is not None and not path.exists()
+    except OSError as exc:  # e.g. a text passed where a path is expected: name too long
+        shown = str(data) if len(str(data)) <= 60 else f"{str(data)[:57]}..."
+        raise LowrankError(
+            f"data '{shown}' is not a usable path ({exc.strerror or exc}): a string is read "
+            "as a file or folder; pass texts as a list of strings"
+        ) from None
+    if missing:
         raise LowrankError(f"data path '{data}' does not exist")
     if dataset is None:
         dataset = infer_dataset(path) if path is not None else "sample-wiki"

@@ -487,6 +487,11 @@ def prepare_any(
     from lowrank.inputs.models import load_model
     from lowrank.spectra.pipeline import resolve_device
 
+    if tokenizer is not None and not hasattr(tokenizer, "all_special_ids"):
+        raise LowrankError(
+            f"tokenizer= got a {type(tokenizer).__name__}, not a transformers tokenizer: texts "
+            "and token ids go in data= (the third argument)"
+        )
     if attention_mask is not None:
         if not is_token_data(data) or isinstance(data, Mapping):
             raise LowrankError("attention_mask goes with token ids given as a tensor or array")

@@ -277,6 +277,14 @@ def _from_pretrained(location: str, local_only: bool, dtype: torch.dtype) -> tup
     return model, tokenizer
 
 
+def _did_you_mean(name: str) -> str:
+    """`` (did you mean the preset 'minilm'?)`` for a name close to a preset, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), list(MODEL_PRESETS), n=1, cutoff=0.75)
+    return f" (did you mean the preset '{close[0]}'?)" if close else ""
+
+
 def _load_hub(source: ModelSource, dtype: torch.dtype) -> tuple[Any, Any]:
     with quiet(progress=False):
         try:
@@ -286,8 +294,9 @@ def _load_hub(source: ModelSource, dtype: torch.dtype) -> tuple[Any, Any]:
     if not hub_reachable():
         raise LowrankError(
             f"model '{source.name}' is not in the local Hugging Face cache and the hub cannot "
-            "be reached: on a machine with a network run save_pretrained (or `hf download "
-            f"{source.location} --local-dir DIR`) and pass --model DIR"
+            f"be reached{_did_you_mean(source.name)}: on a machine with a network run "
+            f"save_pretrained (or `hf download {source.location} --local-dir DIR`) and pass "
+            "--model DIR"
         )
     try:
         return _from_pretrained(source.location, False, dtype)

@@ -89,7 +89,7 @@ def check_command(argv: list[str], env: Mapping[str, str] | None = None) -> None
     """Refuse, under a launch of several ranks, a command that runs in one process only.
 
     Every rank would run all of it and write the same folder; ``project`` and ``verify``
-    stay single-process (see the README, "Running on a cluster").
+    stay single-process (see docs/long-runs.md, "Running on a cluster").
     """
     try:
         launch = launch_from_env(env)

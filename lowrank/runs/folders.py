@@ -1,6 +1,6 @@
 """Run folders: the documented on-disk contract between analysis and figures.
 
-A spectrum run folder holds two files (see README, "Run folder format"):
+A spectrum run folder holds two files (see docs/run-folders.md):
 
 * ``run.json`` -- what was run: model, corpus, sequence policy, shapes, versions, timing.
 * ``spectrum.npz`` -- the numbers: moments of c and s per (layer, head, index), per-(layer,

@@ -101,7 +101,8 @@ def spectrum(
         auto_batch: a batch that does not fit the free memory (estimated before the first
             batch) is cut to the largest that fits, and one that still runs out of memory is
             halved, instead of stopping with a :class:`LowrankError` naming the batch size
-            to use. The numbers do not depend on the batch size.
+            to use. The batch size changes the numbers only by float32 rounding in the
+            forward pass (measured on MiniLM: c within 1e-7 across batch sizes).
         seed: analyse a seeded random sample of the sequences instead of the first ones.
         device: ``auto`` (CUDA when present; for a model object, where it already is),
             ``cpu`` or ``cuda``.

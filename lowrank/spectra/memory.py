@@ -69,6 +69,6 @@ def fit_batch(batch: int, heads: int, n: int, device: torch.device, auto_batch: 
         )
     log.warning(
         f"--batch-size {batch} would need about {need / GIB:.1f} GiB, {free / GIB:.1f} GiB are "
-        f"free: --auto-batch runs batches of {fits} (the numbers do not depend on it)"
+        f"free: --auto-batch runs batches of {fits} (only float32 rounding changes)"
     )
     return int(fits)
