@@ -104,6 +104,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("verify-eps-0", [*VERIFY, "--eps", "0"], "--eps"),
     ("verify-eps-1", [*VERIFY, "--eps", "1.5"], "--eps"),
     ("verify-eps-nan", [*VERIFY, "--eps", "nan"], "--eps"),
+    ("verify-eps-underflow", [*VERIFY, "--eps", "1e-300"], "too small"),
     ("verify-eps-twice", [*VERIFY, "--eps", "0.1,0.1"], "--eps"),
     ("verify-seed-negative", [*VERIFY, "--seed", "-1"], "--seed"),
     ("verify-inv-temp-nan", [*VERIFY, "--inverse-temperatures", "nan"], "--inverse-temperatures"),

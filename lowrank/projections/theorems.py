@@ -38,11 +38,20 @@ from scipy import stats
 from lowrank.errors import LowrankError
 from lowrank.runs.stats import ClusteredRate, holm
 
+MIN_EPS = 1e-6
+"""The smallest eps checked: below it the bounds' k = 5 ln n / (eps^2 - eps^3) exceeds 10^13
+(and eps^2 underflows to 0 near 1e-162, which would divide by zero)."""
+
 
 def check_eps(eps: float) -> None:
-    """The statements need 0 < eps < 1 (and gap(eps) > 0)."""
+    """The statements need 0 < eps < 1 (and gap(eps) > 0); eps >= :data:`MIN_EPS`."""
     if not 0 < eps < 1:
         raise LowrankError(f"--eps {eps} is outside (0, 1): the theorems need 0 < eps < 1")
+    if eps < MIN_EPS:
+        raise LowrankError(
+            f"--eps {eps} is too small: the bounds need k = 5 ln n / (eps^2 - eps^3), over "
+            f"10^13 below eps = {MIN_EPS:g}; use eps in [{MIN_EPS:g}, 1)"
+        )
 
 
 def gap(eps: float) -> float:
