@@ -60,6 +60,9 @@ def test_figures_command_writes_valid_pdf_and_png_without_a_model(runs, tmp_path
     out = tmp_path / "figs"
     res = CliRunner().invoke(main, ["figures", *map(str, runs), "--out", str(out)])
     assert res.exit_code == 0, res.output
+    # two runs, one heatmap in figure1: a one-line note says which, and how to pick another
+    (note,) = [line for line in res.stderr.splitlines() if line.startswith("figure1")]
+    assert "--heatmap-run" in note
     names = sorted(p.name for p in out.iterdir())
     stems = {p.rsplit(".", 1)[0] for p in names}
     assert len(names) == 2 * len(stems)

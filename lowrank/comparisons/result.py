@@ -138,47 +138,100 @@ class CompareResult(RunResult):
 
     # --- figures ---------------------------------------------------------------------------
 
+    def _metric(self, metric: str | None) -> str | None:
+        """``metric`` checked against the run's arrays (None: the run's winner metric)."""
+        from lowrank.plots.style import choose
+
+        if metric is not None:
+            held = [m for m in METRIC_LABEL if f"{m}_mean" in self.arrays]
+            choose("metric", metric, held)
+        return metric
+
+    def _budget_option(self, budget: int | None) -> int:
+        """``budget`` checked against the run's budgets (None: the focus budget)."""
+        from lowrank.plots.style import choose
+
+        if budget is None:
+            return self.focus_budget
+        choose("budget", budget, self.budgets)
+        return int(budget)
+
     def plot(
         self,
-        metric: str | None = None,
         ax: Axes | None = None,
+        *,
+        metric: str | None = None,
         families: list[str] | None = None,
+        legend: bool = True,
     ) -> Axes:
-        """Median over heads of each family's error against the budget
-        (:func:`lowrank.plots.comparisons.plot_error_vs_budget`)."""
-        from lowrank.plots.comparisons import plot_error_vs_budget
+        """Median over heads of each family's error against the budget, with the
+        interquartile band (:func:`lowrank.plots.comparisons.plot_error_vs_budget`);
+        ``families`` picks the lines (default all), ``legend`` sits below the axes.
+        Returns the axes.
 
-        return plot_error_vs_budget(self.run, metric, ax, families=families)
+        Raises:
+            LowrankError: a metric or family this run does not have.
+        """
+        from lowrank.plots.comparisons import plot_error_vs_budget
+        from lowrank.plots.style import choose
+
+        for family in families or []:
+            choose("families", family, self.families, "this run has the families")
+        return plot_error_vs_budget(
+            self.run, self._metric(metric), ax, legend=legend, families=families
+        )
 
     def plot_winners(
-        self, budget: int | None = None, ax: Axes | None = None, from_q_k: bool = False
+        self, ax: Axes | None = None, *, budget: int | None = None, from_q_k: bool = False
     ) -> Axes:
-        """Layer x head map of the family with the least error at ``budget``."""
+        """Layer x head map of the family with the least error at ``budget`` (default: the
+        focus budget; ``from_q_k``: among the families that need only Q and K), with a
+        legend of the winning families' colours. Returns the axes.
+
+        Raises:
+            LowrankError: a budget this run does not have.
+        """
         from lowrank.plots.comparisons import plot_winner_map
 
-        return plot_winner_map(self.run, self._budget(budget), ax, from_q_k)
+        return plot_winner_map(self.run, self._budget_option(budget), ax, from_q_k)
 
     def plot_ratio_vs_entropy(
-        self, budget: int | None = None, metric: str | None = None, ax: Axes | None = None
+        self, ax: Axes | None = None, *, budget: int | None = None, metric: str | None = None
     ) -> Axes:
-        """ln(err low-rank / err sparse) of the oracles against each head's entropy."""
+        """ln(err low-rank / err sparse) of the oracles against each head's entropy, a
+        colour per layer. Returns the axes.
+
+        Raises:
+            LowrankError: the run lacks either oracle, or a budget or metric it does not have.
+        """
         from lowrank.plots.comparisons import plot_ratio_vs_entropy
 
         if not {"lowrank-oracle", "sparse-oracle"} <= set(self.families):
             raise LowrankError("this run has no lowrank-oracle and sparse-oracle to compare")
-        return plot_ratio_vs_entropy(self.run, self._budget(budget), metric, ax)
+        budget = self._budget_option(budget)
+        return plot_ratio_vs_entropy(self.run, budget, self._metric(metric), ax)
 
     def plot_heatmap(
         self,
-        family: str,
+        ax: Axes | None = None,
+        *,
+        family: str | None = None,
         budget: int | None = None,
         metric: str | None = None,
-        ax: Axes | None = None,
     ) -> Axes:
-        """Layer x head heatmap of one family's mean error at ``budget``."""
-        from lowrank.plots.comparisons import plot_family_heatmap
+        """Layer x head heatmap of one ``family``'s mean error (default: the first family)
+        at ``budget`` (default: the focus budget), with a colour bar. Returns the axes.
 
-        return plot_family_heatmap(self.run, family, self._budget(budget), metric, ax)
+        Raises:
+            LowrankError: a family, budget or metric this run does not have.
+        """
+        from lowrank.plots.comparisons import plot_family_heatmap
+        from lowrank.plots.style import choose
+
+        family = family or self.families[0]
+        choose("family", family, self.families)
+        budget = self._budget_option(budget)
+        return plot_family_heatmap(self.run, family, budget, self._metric(metric), ax)
 
     def write_figures(self, out: str | Path | None = None) -> list[Path]:
         """Every comparison figure (PDF and PNG) into ``out`` (default ``<path>/figures``)."""

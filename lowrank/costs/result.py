@@ -204,11 +204,26 @@ class EfficiencyResult(RunResult):
 
     # --- figures ---------------------------------------------------------------------------
 
-    def plot(self, metric: Metric = "speedup", ax: Axes | None = None, legend: bool = True) -> Axes:
-        """Speed-up (or a memory saving) against n, a line per k, against both baselines
-        (:func:`lowrank.plots.costs.plot_speedup`)."""
-        from lowrank.plots.costs import plot_speedup
+    def plot(
+        self, ax: Axes | None = None, *, metric: Metric = "speedup", legend: bool = True
+    ) -> Axes:
+        """Speed-up (``metric="speedup"``) or a memory saving (``memory_saving``,
+        ``memory_saving_equal_batch``) against n, a line per k, against both baselines
+        (:func:`lowrank.plots.costs.plot_speedup`); ``legend`` below the axes. Returns the
+        axes.
 
+        Raises:
+            LowrankError: a metric this run does not hold (the message lists those it does).
+        """
+        from lowrank.plots.costs import plot_speedup
+        from lowrank.plots.style import choose
+
+        held = [
+            m
+            for m in ("speedup", "memory_saving", "memory_saving_equal_batch")
+            if any(m in cell for cells in self.data["tables"].values() for cell in cells)
+        ]
+        choose("metric", metric, held)
         return plot_speedup(self.data, ax, metric, legend)
 
     def write_figures(self, out: str | Path | None = None) -> list[Path]:

@@ -191,23 +191,37 @@ class ScalingResult(RunResult):
     # --- figures ---------------------------------------------------------------------------
 
     def plot(
-        self, measure: str = "output_rank", group: str = "model", ax: Axes | None = None
+        self, ax: Axes | None = None, *, measure: str = "output_rank", group: str = "model"
     ) -> Axes:
-        """One measure against n with both fits (:func:`lowrank.plots.lengths.plot_measure`)."""
-        from lowrank.plots.lengths import plot_measure
+        """One fitted ``measure`` against n for a ``group`` ('layer 1', ..., 'model'), with
+        both fits and the verdict (:func:`lowrank.plots.lengths.plot_measure`). Returns the
+        axes.
 
-        if measure not in MEASURES:
-            raise LowrankError(f"measure {measure!r}: choose one of {', '.join(MEASURES)}")
-        if group not in self.groups:
-            raise LowrankError(f"group {group!r}: choose one of {', '.join(self.groups)}")
+        Raises:
+            LowrankError: a measure or group this run does not have.
+        """
+        from lowrank.plots.lengths import plot_measure
+        from lowrank.plots.style import choose
+
+        choose("measure", measure, MEASURES, "choose one of")
+        choose("group", group, self.groups)
         return plot_measure(self, measure, group, ax=ax)
 
-    def plot_c_curves(self, layer: int | None = None, ax: Axes | None = None) -> Axes:
-        """c against i / n, a line per n, for a 0-based layer or the whole model
-        (:func:`lowrank.plots.lengths.plot_c_curves`)."""
-        from lowrank.plots.lengths import plot_c_curves
+    def plot_c_curves(self, ax: Axes | None = None, *, layer: int | None = None) -> Axes:
+        """c against i / n, a line per n, for a 0-based ``layer`` or (None) the whole model
+        (:func:`lowrank.plots.lengths.plot_c_curves`). Returns the axes.
 
-        return plot_c_curves(self.spectrum_runs(), layer, ax=ax)
+        Raises:
+            LowrankError: a layer this run does not have.
+        """
+        from lowrank.plots.lengths import plot_c_curves
+        from lowrank.plots.style import choose
+
+        runs = self.spectrum_runs()
+        layers = next(iter(runs.values())).stats.cumulative.mean.shape[0]
+        if layer is not None:
+            choose("layer", layer, range(layers), "give a 0-based layer of")
+        return plot_c_curves(runs, layer, ax=ax)
 
     def spectrum_runs(self) -> dict[int, SpectrumRun]:
         """n -> its spectrum run, as :func:`lowrank.runs.folders.read_run` returns it."""

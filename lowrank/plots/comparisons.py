@@ -9,7 +9,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lowrank.comparisons.methods import ORACLES
-from lowrank.plots.spectrum import DOUBLE_COLUMN, SINGLE_COLUMN, axes_or_new, paper_style, save
+from lowrank.plots.style import (
+    DOUBLE_COLUMN,
+    SINGLE_COLUMN,
+    axes_or_new,
+    below_legend,
+    paper_style,
+    readable_log_ticks,
+    run_label,
+    save,
+    side_legend,
+)
 from lowrank.runs.folders import CompareRun, read_compare_run
 
 if TYPE_CHECKING:
@@ -22,31 +32,34 @@ METRIC_AXIS = {
     "output_cosine": "output cosine",
 }
 FLOOR = 1e-4  # errors below are drawn at this value
-_ORDER = (
-    "lowrank-oracle",
-    "linformer",
-    "sparse-oracle",
-    "sparse-oracle-renorm",
-    "lsh",
-    "local-global",
-    "performer",
-    "nystrom",
-    "scatterbrain",
-)
+# one colour per family, all nine distinct in one panel: matplotlib's tab10 with its grey
+# (the baselines' colour) and its pink (too close to its purple) replaced by ochre, so that
+# no two are closer than CIELAB Delta E 38; markers and dashes (oracles) tell them apart
+# again in greyscale
+FAMILY_COLOURS = {
+    "lowrank-oracle": "#1f77b4",  # blue
+    "linformer": "#bcbd22",  # olive
+    "sparse-oracle": "#ff7f0e",  # orange
+    "sparse-oracle-renorm": "#8c564b",  # brown
+    "lsh": "#d62728",  # red
+    "local-global": "#2ca02c",  # green
+    "performer": "#9467bd",  # purple
+    "nystrom": "#17becf",  # cyan
+    "scatterbrain": "#a6761d",  # ochre
+}
+_ORDER = tuple(FAMILY_COLOURS)
 
 
 def family_style(family: str) -> dict[str, Any]:
     """One colour and marker per family, the same in every figure; oracles dashed."""
-    import seaborn as sns
-
     if family == "zero":
         return {"color": "0.55", "ls": ":", "marker": None}
     if family == "uniform":
         return {"color": "0.2", "ls": ":", "marker": None}
-    colours = [c for j, c in enumerate(sns.color_palette("colorblind", 10)) if j != 7]  # no grey
-    i = _ORDER.index(family) if family in _ORDER else 8
-    oracle = family in ("lowrank-oracle", "linformer", "sparse-oracle", "sparse-oracle-renorm")
-    return {"color": colours[i], "ls": "--" if oracle else "-", "marker": "osD^vPX*hp"[i]}
+    i = _ORDER.index(family) if family in _ORDER else len(_ORDER) - 1
+    oracle = family in ORACLES
+    colour = FAMILY_COLOURS.get(family, "#7f7f7f")
+    return {"color": colour, "ls": "--" if oracle else "-", "marker": "osD^vPX*hp"[i]}
 
 
 def _metric(run: CompareRun, metric: str | None) -> str:
@@ -66,7 +79,7 @@ def plot_error_vs_budget(
     dashed, the zero and uniform baselines dotted grey. ``families`` picks the lines (default
     all); families that do not apply (causal models) are left out.
     """
-    ax = axes_or_new(ax, (SINGLE_COLUMN, 2.8))
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 3.6))
     metric = _metric(run, metric)
     table = run.table(metric)  # (F, K, L, H)
     budgets = np.asarray(run.budgets)
@@ -79,26 +92,35 @@ def plot_error_vs_budget(
         # exact answers (error 0 at b = n) sit on the floor of the log axis
         lo, mid, hi = np.nanpercentile(np.maximum(flat, FLOOR), [25, 50, 75], axis=1)
         style = family_style(family)
-        ax.plot(budgets, mid, lw=1.1, ms=3, mfc="none", label=family, **style)
+        label = f"{family} (baseline)" if family in ("zero", "uniform") else family
+        ax.plot(budgets, mid, lw=1.1, ms=3, mfc="none", label=label, **style)
         if family not in ("zero", "uniform"):
             ax.fill_between(budgets, lo, hi, color=style["color"], alpha=0.12, lw=0)
     ax.set(xscale="log", yscale="log", xlabel="budget b (about n b numbers)")
     ax.set_ylabel(METRIC_AXIS.get(metric, metric) + "\n(median over heads, IQR band)")
     ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.minorticks_off()
+    readable_log_ticks(ax)
     if legend:
-        ax.legend(frameon=False, fontsize="xx-small", ncol=2)
+        oracles = any(line.get_label() in ORACLES for line in ax.get_lines())
+        below_legend(ax, title="dashed: oracles (read P)" if oracles else None)
     return ax
 
 
 def plot_winner_map(
-    run: CompareRun, budget: int, ax: Axes | None = None, from_q_k: bool = False
+    run: CompareRun,
+    budget: int,
+    ax: Axes | None = None,
+    from_q_k: bool = False,
+    legend: bool = True,
 ) -> Axes:
     """Layer (rows, layer 1 at the bottom) x head map of the family with the least error,
-    among all families or (``from_q_k``) among those that need only Q and K."""
+    among all families or (``from_q_k``) among those that need only Q and K. ``legend``
+    (beside the axes) names the colour of each family that wins a head here."""
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
 
-    ax = axes_or_new(ax, (SINGLE_COLUMN, 2.4))
+    ax = axes_or_new(ax, (SINGLE_COLUMN + 1.3, 2.4))
     key = "winner_from_q_k" if from_q_k else "winner"
     winner = run.arrays[key][run.budgets.index(budget)]  # (L, H)
     layers, heads = winner.shape
@@ -119,7 +141,19 @@ def plot_winner_map(
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(f"b = {budget}", fontsize="medium")
+    if legend:  # a panel on its own says what it shows
+        among = "from Q and K only" if from_q_k else "all families"
+        ax.set_title(f"least error at b = {budget}, {among}", fontsize="small")
+    else:
+        ax.set_title(f"b = {budget}", fontsize="medium")
+    if legend:
+        used = sorted({int(w) for w in np.unique(winner) if w >= 0})
+        handles = [
+            Patch(color=family_style(run.families[i])["color"], label=run.families[i]) for i in used
+        ]
+        if (winner < 0).any():
+            handles.append(Patch(facecolor="white", edgecolor="0.5", label="none applies"))
+        side_legend(ax, handles=handles, title="winner", title_fontsize="x-small")
     return ax
 
 
@@ -200,19 +234,33 @@ def plot_family_heatmap(
     metric: str | None = None,
     ax: Axes | None = None,
     norm: Any = None,
+    colorbar: bool = True,
 ) -> Axes:
-    """Layer (layer 1 at the bottom) x head heatmap of one family's mean error; pass the
-    same ``norm`` to several panels to share a colour scale (``ax.images[0]`` feeds a bar)."""
-    ax = axes_or_new(ax, (SINGLE_COLUMN / 2, 1.6))
-    values = run.values(family, budget, _metric(run, metric))
-    ax.imshow(
+    """Layer (layer 1 at the bottom) x head heatmap of one family's mean error, with its
+    ticks, axis labels and (``colorbar``) a labelled colour bar. A figure of several panels
+    passes the same ``norm`` to each and ``colorbar=False``, and draws one bar from
+    ``ax.images[0]``."""
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 2.4))
+    metric = _metric(run, metric)
+    values = run.values(family, budget, metric)  # (L, H)
+    layers, heads = values.shape
+    image = ax.imshow(
         values, cmap="magma_r", norm=norm, origin="lower", aspect="auto", interpolation="nearest"
     )
-    ax.set_title(family, fontsize="small")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    step = max(1, -(-heads // 12))
+    ax.set_xticks(range(0, heads, step), [str(h) for h in range(1, heads + 1, step)])
+    ax.set_yticks(range(layers), [str(layer) for layer in range(1, layers + 1)])
+    ax.set(xlabel="head", ylabel="layer (1 = bottom)")
+    ax.tick_params(length=0, labelsize="x-small")
     for spine in ax.spines.values():
         spine.set_visible(False)
+    if colorbar:
+        ax.set_title(f"{family}, b = {budget}", fontsize="small")
+        bar = ax.figure.colorbar(image, ax=ax, pad=0.02)
+        bar.set_label(f"mean {METRIC_AXIS.get(metric, metric)}", fontsize="x-small")
+        bar.ax.tick_params(labelsize="x-small")
+    else:
+        ax.set_title(family, fontsize="small")
     return ax
 
 
@@ -229,10 +277,7 @@ def write_compare_figures(run: CompareRun, out: Path) -> list[Path]:
 
     budget = int(run.meta["focus_budget"])
     metric = _metric(run, None)
-    title = (
-        f"{run.meta['model']['name']} / {run.meta['corpus']['dataset']}, "
-        f"n = {run.meta['seq_len']}, N = {run.meta['num_sequences']}"
-    )
+    title = f"{run_label(run.meta)}, n = {run.meta['seq_len']}, N = {run.meta['num_sequences']}"
     written: list[Path] = []
     with paper_style():
         fig, axes = plt.subplots(
@@ -241,8 +286,12 @@ def write_compare_figures(run: CompareRun, out: Path) -> list[Path]:
         known = run.meta.get("oracles", ORACLES)
         oracles = [f for f in run.families if f in known]
         others = [f for f in run.families if f not in known]
-        plot_error_vs_budget(run, metric, axes[0], families=[*oracles, "zero", "uniform"])
-        plot_error_vs_budget(run, metric, axes[1], families=others)
+        plot_error_vs_budget(
+            run, metric, axes[0], legend=False, families=[*oracles, "zero", "uniform"]
+        )
+        plot_error_vs_budget(run, metric, axes[1], legend=False, families=others)
+        for ax in axes:
+            below_legend(ax, ncol=3)
         axes[0].set_title("oracles (read P or every score)", fontsize="small")
         axes[1].set_title("from Q and K only", fontsize="small")
         axes[1].set_ylabel("")
@@ -254,8 +303,8 @@ def write_compare_figures(run: CompareRun, out: Path) -> list[Path]:
             2, len(budgets), figsize=(DOUBLE_COLUMN, 3.9), layout="constrained", squeeze=False
         )
         for b, top, bottom in zip(budgets, axes[0], axes[1], strict=True):
-            plot_winner_map(run, b, top)
-            plot_winner_map(run, b, bottom, from_q_k=True)
+            plot_winner_map(run, b, top, legend=False)
+            plot_winner_map(run, b, bottom, from_q_k=True, legend=False)
             top.set_xlabel("")
         for panel in axes[:, 1:].flat:
             panel.set_ylabel("")
@@ -295,8 +344,10 @@ def write_compare_figures(run: CompareRun, out: Path) -> list[Path]:
         image = None
         layers, heads = run.arrays["entropy_mean"].shape
         for i, (family, panel) in enumerate(zip(shown, axes.flat, strict=False)):
-            image = plot_family_heatmap(run, family, budget, metric, panel, norm).images[0]
+            drawn = plot_family_heatmap(run, family, budget, metric, panel, norm, colorbar=False)
+            image = drawn.images[0]
             panel.tick_params(length=2, pad=1)
+            panel.set(xticks=[], yticks=[], xlabel="", ylabel="")
             if i % cols == 0:
                 panel.set_yticks([0, layers - 1], ["1", str(layers)], fontsize="x-small")
                 panel.set_ylabel("layer", fontsize="x-small")

@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lowrank.plots.spectrum import SINGLE_COLUMN, axes_or_new, paper_style, readable_log_ticks, save
+from lowrank.plots.style import (
+    SINGLE_COLUMN,
+    axes_or_new,
+    below_legend,
+    paper_style,
+    readable_log_ticks,
+    save,
+)
 from lowrank.runs.folders import read_json, read_meta
 
 if TYPE_CHECKING:
@@ -33,24 +40,24 @@ def plot_speedup(
     """Linformer's speed-up or memory saving over exact attention against n, a line per k;
     solid against explicit softmax attention, dashed against PyTorch's SDPA. The speed-up is
     the median over the rounds, with a bar from the smallest to the largest round (when the
-    run has them); the n from which the median speed-up stays above 1 is starred."""
-    ax = axes_or_new(ax)
+    run has them); the n from which the median speed-up stays above 1 is starred. The y axis
+    is labelled in plain factors (0.5x, 1x, 2x); ``legend`` (below the axes) lists only
+    the marks drawn."""
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 3.1))
     ks = sorted({row["k"] for row in data["tables"]["exact"]})
     colours, markers = _colours(ks), _markers(ks)
     lines = [(base, style, k) for base, style in (("exact", "-"), ("sdpa", "--")) for k in ks]
     for i, (base, style, k) in enumerate(lines):
-        rows = sorted(
-            (r for r in data["tables"][base] if r["k"] == k and metric in r),
-            key=lambda r: r["n"],
-        )
+        rows = _rows(data, base, k, metric)
         if not rows:
             continue
         ns = [r["n"] for r in rows]
         ys = [r[metric] for r in rows]
         colour = colours[k]
-        if metric == "speedup" and all("speedup_min" in r for r in rows):
-            # bars from the slowest to the fastest round, nudged apart along the log n axis
-            xs = [n * 2 ** (0.05 * (i - (len(lines) - 1) / 2)) for n in ns]
+        # lines nudged apart along the log n axis, so equal values (and bars) stay visible
+        xs = [n * 2 ** (0.05 * (i - (len(lines) - 1) / 2)) for n in ns]
+        if _has_bars(rows, metric):
+            # bars from the slowest to the fastest round
             bars = [
                 [y - r["speedup_min"] for y, r in zip(ys, rows, strict=True)],
                 [r["speedup_max"] - y for y, r in zip(ys, rows, strict=True)],
@@ -68,10 +75,9 @@ def plot_speedup(
                 color=colour,
             )
         else:
-            xs = ns
             ax.plot(xs, ys, ls=style, marker=markers[k], ms=3, lw=1, color=colour)
-        win = data["crossover_n"][base].get(str(k), data["crossover_n"][base].get(k))
-        if metric == "speedup" and win:
+        win = _crossover(data, base, k, metric, ns)
+        if win is not None:
             at = ns.index(win)
             ax.plot([xs[at]], [ys[at]], marker="*", ms=8, color=colour, ls="none")
     ax.axhline(1, color="0.5", lw=0.8)
@@ -79,11 +85,45 @@ def plot_speedup(
     ns_all = sorted({r["n"] for r in data["tables"]["exact"]})
     ax.set_xticks(ns_all, [str(n) for n in ns_all])
     ax.set_xlim(ns_all[0] / 2**0.35, ns_all[-1] * 2**0.35)
-    readable_log_ticks(ax, "x")
+    ax.minorticks_off()
+    readable_log_ticks(ax, "x", base=2)
     if legend:
-        handles = [h for row in legend_rows(ks, metric == "speedup") for h in row]
-        ax.legend(handles=handles, frameon=False, fontsize="small")
+        with_bars, with_stars = drawn_marks(data, metric)
+        entries = legend_rows(ks, bars=with_bars, star=with_stars)
+        handles = [h for row in entries for h in row]
+        below_legend(ax, handles)
     return ax
+
+
+def _rows(data: dict[str, Any], base: str, k: int, metric: str) -> list[dict[str, Any]]:
+    """The cells of one line (baseline, k) that hold ``metric``, by increasing n."""
+    cells = (r for r in data["tables"][base] if r["k"] == k and metric in r)
+    return sorted(cells, key=lambda r: r["n"])
+
+
+def _has_bars(rows: list[dict[str, Any]], metric: str) -> bool:
+    return metric == "speedup" and bool(rows) and all("speedup_min" in r for r in rows)
+
+
+def _crossover(data: dict[str, Any], base: str, k: int, metric: str, ns: list[int]) -> int | None:
+    """The starred n of a speed-up line: from it on the median is faster (None: none)."""
+    if metric != "speedup":
+        return None
+    table = data.get("crossover_n", {}).get(base, {})
+    win = table.get(str(k), table.get(k))
+    return int(win) if win and win in ns else None
+
+
+def drawn_marks(data: dict[str, Any], metric: Metric = "speedup") -> tuple[bool, bool]:
+    """Whether :func:`plot_speedup` draws (min-max bars, crossover stars) for ``metric``."""
+    ks = sorted({row["k"] for row in data["tables"]["exact"]})
+    bars = stars = False
+    for base in ("exact", "sdpa"):
+        for k in ks:
+            rows = _rows(data, base, k, metric)
+            bars = bars or _has_bars(rows, metric)
+            stars = stars or _crossover(data, base, k, metric, [r["n"] for r in rows]) is not None
+    return bars, stars
 
 
 def _colours(ks: list[int]) -> dict[int, Any]:
@@ -96,9 +136,11 @@ def _markers(ks: list[int]) -> dict[int, str]:
     return {k: "os^vDP"[i % 6] for i, k in enumerate(ks)}
 
 
-def legend_rows(ks: list[int], speed: bool = True) -> tuple[list[Any], list[Any]]:
+def legend_rows(
+    ks: list[int], *, bars: bool = False, star: bool = False
+) -> tuple[list[Any], list[Any]]:
     """Legend entries in two rows: a colour and marker per k; the line style per baseline
-    and, with ``speed``, the min-max bar and the crossover star."""
+    and, where drawn, the min-max bar and the crossover star."""
     from matplotlib.lines import Line2D
 
     by_k = [
@@ -109,15 +151,16 @@ def legend_rows(ks: list[int], speed: bool = True) -> tuple[list[Any], list[Any]
         Line2D([], [], color="0.3", lw=1, label="vs explicit softmax"),
         Line2D([], [], color="0.3", lw=1, ls="--", label="vs SDPA"),
     ]
-    if speed:
-        handles += [
-            Line2D(
-                [], [], color="0.3", marker="|", ms=8, ls="none", label="min to max over rounds"
-            ),
+    if bars:
+        handles.append(
+            Line2D([], [], color="0.3", marker="|", ms=8, ls="none", label="min to max over rounds")
+        )
+    if star:
+        handles.append(
             Line2D(
                 [], [], color="0.3", marker="*", ms=8, ls="none", label="median faster from here on"
-            ),
-        ]
+            )
+        )
     return by_k, handles
 
 
@@ -135,6 +178,12 @@ def _two_row_legend(fig: Figure, rows: tuple[list[Any], list[Any]]) -> None:
         frameon=False,
         fontsize="small",
     )
+
+
+def _cpu(hw: dict[str, Any]) -> str:
+    """``x86_64 CPU, 2 threads`` (``1 thread``)."""
+    threads = int(hw["torch_threads"])
+    return f"{hw['processor']} CPU, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def memory_titles(meta: dict[str, Any]) -> dict[Metric, str]:
@@ -162,36 +211,40 @@ def plot_efficiency_folder(folder: Path) -> list[Path]:
 
 def write_efficiency_figures(meta: dict[str, Any], data: dict[str, Any], out: Path) -> list[Path]:
     """``<out>/speedup_vs_n.{pdf,png}`` of a run (its run.json and efficiency.json)."""
+    with paper_style():
+        return save(efficiency_figure(meta, data), out / "speedup_vs_n")
+
+
+def efficiency_figure(meta: dict[str, Any], data: dict[str, Any]) -> Figure:
+    """The speed-up panel and one panel per memory measure the run holds, one legend below
+    listing the marks drawn (call inside :func:`~lowrank.plots.style.paper_style`)."""
     import matplotlib.pyplot as plt
 
     hw = meta["hardware"]
-    where = hw.get("gpu") or f"{hw['processor']} CPU, {hw['torch_threads']} threads"
+    where = hw.get("gpu") or _cpu(hw)
     memory = memory_titles(meta)
     panels = 1 + len(memory)
     rounds = meta.get("repeats")
-    with paper_style():
-        fig, axes = plt.subplots(
-            1, panels, figsize=(panels * SINGLE_COLUMN, 2.8), layout="constrained"
-        )
-        plot_speedup(data, axes[0], "speedup", legend=False)
-        spread = "" if meta.get("format_version", 1) < 2 else f" of {rounds} interleaved rounds"
-        axes[0].set_title(
-            f"time per token, baseline / Linformer\nmedian{spread}", fontsize="medium"
-        )
-        for ax, (metric, title) in zip(axes[1:], memory.items(), strict=True):
-            plot_speedup(data, ax, metric, legend=False)
-            ax.set_title(title, fontsize="medium")
-        stack = meta["stack"]
-        batch = (
-            f"largest batch within {meta['memory_budget_gib']:g} GiB"
-            if meta.get("memory_budget_gib") is not None
-            else f"batch {meta.get('batch') or 1}"
-        )
-        fig.suptitle(
-            f"Linformer (layerwise) vs exact attention, {stack['layers']} layers, "
-            f"width {stack['hidden']}, {batch}, on {where}",
-            fontsize="medium",
-        )
-        ks = sorted({row["k"] for row in data["tables"]["exact"]})
-        _two_row_legend(fig, legend_rows(ks, speed=meta.get("format_version", 1) >= 2))
-        return save(fig, out / "speedup_vs_n")
+    fig, axes = plt.subplots(1, panels, figsize=(panels * SINGLE_COLUMN, 2.8), layout="constrained")
+    plot_speedup(data, axes[0], "speedup", legend=False)
+    spread = "" if meta.get("format_version", 1) < 2 else f" of {rounds} interleaved rounds"
+    axes[0].set_title(f"time per token, baseline / Linformer\nmedian{spread}", fontsize="medium")
+    for ax, (metric, title) in zip(axes[1:], memory.items(), strict=True):
+        plot_speedup(data, ax, metric, legend=False)
+        ax.set_title(title, fontsize="medium")
+    stack = meta["stack"]
+    batch = (
+        f"largest batch within {meta['memory_budget_gib']:g} GiB"
+        if meta.get("memory_budget_gib") is not None
+        else f"batch {meta.get('batch') or 1}"
+    )
+    layers = f"{stack['layers']} layer{'s' if stack['layers'] != 1 else ''}"
+    fig.suptitle(
+        f"Linformer (layerwise) vs exact attention, {layers}, "
+        f"width {stack['hidden']}, {batch}, on {where}",
+        fontsize="medium",
+    )
+    ks = sorted({row["k"] for row in data["tables"]["exact"]})
+    bars, stars = drawn_marks(data, "speedup")
+    _two_row_legend(fig, legend_rows(ks, bars=bars, star=stars))
+    return fig

@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lowrank.lengths.fits import MEASURE_LABELS, MEASURES, log_model, power_model
-from lowrank.plots.spectrum import DOUBLE_COLUMN, axes_or_new, paper_style, save
+from lowrank.plots.style import (
+    DOUBLE_COLUMN,
+    SINGLE_COLUMN,
+    axes_or_new,
+    below_legend,
+    paper_style,
+    run_label,
+    save,
+    side_legend,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -32,6 +41,14 @@ def measure_label(run: ScalingResult, measure: str) -> str:
     return label
 
 
+def _axis_label(run: ScalingResult, measure: str) -> str:
+    """The measure on two lines, to fit beside a panel: ``rank k for ||PV - (PV)_k|| /
+    ||PV||`` then ``<= 0.1``."""
+    words = measure_label(run, measure).split(" ")
+    half = next((i for i in range(len(words)) if len(" ".join(words[: i + 1])) > 26), len(words))
+    return " ".join(words[:half]) + ("\n" + " ".join(words[half:]) if half < len(words) else "")
+
+
 def plot_measure(
     run: ScalingResult,
     measure: str,
@@ -42,10 +59,12 @@ def plot_measure(
     """One rank measure against n (log axis) for a layer or the whole model.
 
     Points: the mean over documents and heads, with the 95% bootstrap interval over
-    documents. Lines: ``a + b ln n`` (solid) and ``a n^beta`` (dashed) fitted to the points.
-    The title carries the verdict.
+    documents. Lines: ``a + b ln n`` (solid) and ``a n^beta`` (dashed) fitted to the points;
+    the fitted beta is in the legend (``legend``, below the axes) or, without it, written
+    in the panel's top left. The title carries the group and the verdict; the y axis names
+    the measure.
     """
-    ax = axes_or_new(ax)
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 3.0))
     g = run.groups.index(group)
     ns = np.array(run.ns, dtype=float)
     mean = run.arrays[f"{measure}_mean"][g]
@@ -61,22 +80,27 @@ def plot_measure(
         capsize=2,
         color="k",
         lw=0.8,
-        label="mean, 95% bootstrap interval over documents",
+        label="mean over documents and heads,\n95% bootstrap interval over documents",
     )
     grid = np.geomspace(ns[0], ns[-1], 100)
     a, b = run.arrays[f"{measure}_log_params"][g]
-    ax.plot(grid, log_model(grid, a, b), lw=1, label="a + b ln n")
+    ax.plot(grid, log_model(grid, a, b), lw=1, label=r"fit $a + b \ln n$")
     a, beta = run.arrays[f"{measure}_power_params"][g]
     if np.isfinite(beta):
-        ax.plot(grid, power_model(grid, a, beta), lw=1, ls="--", label="a n^β")
-        ax.text(0.04, 0.92, f"fitted β = {beta:.2f}", transform=ax.transAxes, fontsize="x-small")
+        fit = rf"fit $a\,n^\beta$, $\beta$ = {beta:.2f}" if legend else r"fit $a\,n^\beta$"
+        ax.plot(grid, power_model(grid, a, beta), lw=1, ls="--", label=fit)
+        if not legend:
+            ax.text(
+                0.04, 0.92, rf"$\beta$ = {beta:.2f}", transform=ax.transAxes, fontsize="x-small"
+            )
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(int(n)) for n in ns])
     ax.minorticks_off()
+    ax.set(xlabel="sequence length n", ylabel=_axis_label(run, measure))
     name = "model (all layers)" if group == "model" else group
     ax.set_title(f"{name}\n{run.verdict(measure, group)}", fontsize="small")
     if legend:
-        ax.legend(frameon=False, fontsize="x-small")
+        below_legend(ax, ncol=1)
     return ax
 
 
@@ -92,6 +116,7 @@ def measure_figure(run: ScalingResult, measure: str) -> Figure:
     )
     for ax, group in zip(axes.flat, groups, strict=False):
         plot_measure(run, measure, group, ax=ax, legend=False)
+        ax.set(xlabel="", ylabel="")
     _tidy(axes, len(groups), "sequence length n", "mean over documents\nand heads")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
@@ -113,9 +138,13 @@ def _tidy(axes: np.ndarray, used: int, xlabel: str, ylabel: str) -> None:
 
 
 def plot_c_curves(
-    runs: dict[int, SpectrumRun], layer: int | None = None, ax: Axes | None = None
+    runs: dict[int, SpectrumRun],
+    layer: int | None = None,
+    ax: Axes | None = None,
+    legend: bool = True,
 ) -> Axes:
-    """Mean normalised cumulative singular value against i / n, a line per n.
+    """Mean normalised cumulative singular value against i / n, a line per n (legend, beside
+    the axes, with ``legend``).
 
     Args:
         runs: n -> its spectrum run.
@@ -124,16 +153,25 @@ def plot_c_curves(
     """
     import matplotlib as mpl
 
-    ax = axes_or_new(ax)
+    ax = axes_or_new(ax, (SINGLE_COLUMN + 0.8, 2.4))
     ns = sorted(runs)
     cmap = mpl.colormaps["viridis"]
     for i, n in enumerate(ns):
         curves = runs[n].stats.cumulative.mean  # (L, H, n)
         c = curves.mean(axis=(0, 1)) if layer is None else curves[layer].mean(axis=0)
         x = np.arange(1, n + 1) / n
-        ax.plot(x, c, lw=1, color=cmap(i / max(len(ns) - 1, 1)), label=f"n = {n}")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="index / n")
-    ax.set_title("model (all layers)" if layer is None else f"layer {layer + 1}", fontsize="small")
+        shade = 0.85 * i / max(len(ns) - 1, 1)  # viridis without its pale yellow end
+        ax.plot(x, c, lw=1, color=cmap(shade), label=f"n = {n}")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="index / n",
+        ylabel="normalized cumulative\nsingular value",
+    )
+    where = "model (all layers)" if layer is None else f"layer {layer + 1}"
+    ax.set_title(where, fontsize="small")
+    if legend:
+        side_legend(ax, title="mean over heads\nand documents", title_fontsize="x-small")
     return ax
 
 
@@ -155,8 +193,8 @@ def c_curves_figure(run: ScalingResult, runs: dict[int, SpectrumRun]) -> Figure:
         sharey=True,
     )
     for ax, layer in zip(axes.flat, panels, strict=False):
-        plot_c_curves(runs, layer, ax=ax)
-        ax.set_xlabel("")
+        plot_c_curves(runs, layer, ax=ax, legend=False)
+        ax.set(xlabel="", ylabel="")
     _tidy(axes, len(panels), "index / n", "normalized cumulative\nsingular value")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
@@ -170,7 +208,7 @@ def c_curves_figure(run: ScalingResult, runs: dict[int, SpectrumRun]) -> Figure:
 def _suptitle(run: ScalingResult, what: str) -> str:
     docs = int(run.arrays["fit_documents"])
     causal = f"; {_CAUSAL}" if run.causal else ""
-    return f"{run.label}, {docs} documents at every n{causal}\n{what}"
+    return f"{run_label(run.meta)}, {docs} documents at every n{causal}\n{what}"
 
 
 def write_scaling_figures(

@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lowrank.errors import LowrankError
-from lowrank.plots.spectrum import (
+from lowrank.plots.style import (
     DOUBLE_COLUMN,
     SINGLE_COLUMN,
     axes_or_new,
+    below_legend,
+    merged_legend,
     paper_style,
     readable_log_ticks,
+    run_label,
     save,
 )
 from lowrank.runs.folders import ProjectionRun, read_projection_run
@@ -30,17 +33,34 @@ METRIC_LABEL = {
     "scale-free": "scale-free error (best rescale)",
     "cosine": "cosine with exact output",
 }
+# references (black) bound what a rank-k answer can reach; baselines (grey, drawn under the
+# methods) are the trivial answers a method must beat. Zero attention's error is exactly 1
+# and uniform's is close to it, as are weak methods': the baselines differ in dash and
+# width so that all three stay apart where they meet.
 REFERENCE_STYLE: dict[str, dict[str, Any]] = {
-    "svd": {"color": "k", "ls": "--", "label": "best rank-k of P (SVD)"},
+    "svd": {"color": "k", "ls": "--", "lw": 1.0, "label": "reference: best rank-k of P (SVD)"},
     "output-floor": {
         "color": "k",
         "ls": ":",
+        "lw": 1.0,
         "marker": "x",
         "ms": 3,
-        "label": "output floor ||PV - (PV)_k||",
+        "label": "reference: output floor ||PV - (PV)_k||",
     },
-    "zero": {"color": "0.55", "ls": "-.", "label": "zero attention"},
-    "uniform": {"color": "0.55", "ls": "-", "label": "uniform attention"},
+    "zero": {
+        "color": "0.3",
+        "ls": (0, (5, 2, 1, 2)),
+        "lw": 1.0,
+        "zorder": 1.6,
+        "label": "baseline: zero attention",
+    },
+    "uniform": {
+        "color": "0.75",
+        "ls": "-",
+        "lw": 3.0,
+        "zorder": 1.5,
+        "label": "baseline: uniform attention",
+    },
 }
 ESTIMATOR_DASH = {"paper": "-", "projector": "--"}
 
@@ -60,21 +80,26 @@ def plot_error_vs_k(
     legend: bool = True,
     metric: str = "error",
 ) -> Axes:
-    """Mean ``metric`` (over sequences, draws, layers, heads) against k on log axes.
+    """Mean ``metric`` (over sequences, draws, layers, heads) against k on log axes (the
+    cosine on a linear y axis).
 
     One colour per projection family; under Theorem 1 the ``paper`` estimator (P R^T R) is
-    solid and the ``projector`` one (P E^+ E) dashed. Black: the best rank-k approximation of
-    P (dashed; a floor for ||P~ - P|| only) and the output floor (dotted; the true floor
-    for any rank-k output). Grey: the trivial baselines, zero and uniform attention.
+    solid and the ``projector`` one (P E^+ E) dashed. Black: the references, the best
+    rank-k approximation of P (dashed; a floor for ||P~ - P|| only) and the output floor
+    (dotted; the true floor for any rank-k output; where it is exactly 0, off a log axis,
+    its legend entry says from which k). Grey, under the methods: the trivial baselines,
+    zero attention (dash-dot) and uniform attention (wide pale line). ``legend`` puts the
+    legend below the axes.
     """
     import seaborn as sns
 
-    ax = axes_or_new(ax)
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 3.4))
     ks = run.ks
     rows = run.rows(kind)
     families = list(dict.fromkeys(_family(r)[0] for r in rows if r not in REFERENCE_STYLE))
     colours = dict(zip(families, sns.color_palette("colorblind", len(families)), strict=True))
     markers = dict(zip(families, "osD^vP*X", strict=False))
+    log_y = metric != "cosine"
     for row in rows:
         try:
             mean = run.stat(kind, row, "mean", metric)
@@ -84,18 +109,14 @@ def plot_error_vs_k(
             continue
         y = np.nanmean(mean, axis=(1, 2))
         if row in REFERENCE_STYLE:
-            if metric != "cosine" and (y <= 0).any():
-                # the output floor is exactly 0 once k >= d: off a log axis, so say so
-                first = int(ks[np.flatnonzero(y <= 0)[0]])
-                ax.text(
-                    0.03,
-                    0.03,
-                    f"output floor = 0 for k >= {first} (rank PV <= d)",
-                    transform=ax.transAxes,
-                    fontsize="xx-small",
-                )
+            style = dict(REFERENCE_STYLE[row])
+            if log_y and (y <= 0).any():
+                # the output floor is exactly 0 once k >= rank PV (<= d): off a log axis
+                zero = np.flatnonzero(y <= 0)
+                where = "at every k" if zero.size == len(ks) else f"for k >= {int(ks[zero[0]])}"
+                style["label"] += f"\n= 0 {where} (off the log axis)"
                 y = np.where(y > 0, y, np.nan)
-            ax.plot(ks, y, lw=1.0, **REFERENCE_STYLE[row])
+            ax.plot(ks, y, **style)
             continue
         family, estimator = _family(row)
         ax.plot(
@@ -109,15 +130,17 @@ def plot_error_vs_k(
             lw=1.1,
             label=row if kind == "theorem1" else f"{row} (Linformer head)",
         )
-    log_y = metric != "cosine"
     ax.set(xscale="log", xlabel="projected dimension k", ylabel=METRIC_LABEL[metric])
-    if log_y:
-        ax.set_yscale("log")
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
-    ax.set_title(f"{KIND_LABEL[kind]}\n{METRIC_LABEL[metric]}", fontsize="small")
+    if log_y:
+        ax.set_yscale("log")
+        readable_log_ticks(ax)
+    ax.set_title(
+        f"{KIND_LABEL[kind]}\nmean over sequences, draws, layers and heads", fontsize="small"
+    )
     if legend:
-        ax.legend(frameon=False, fontsize="x-small")
+        below_legend(ax)
     return ax
 
 
@@ -141,6 +164,13 @@ def _sharing_label(sharing: str) -> str:
     return f"{sharing} (per {level}, {'one R for E, F' if same_r else 'separate E, F'})"
 
 
+EFFECT_LABEL = {
+    "cosine": "cosine with the exact final states",
+    "relative_error": "relative error of the final states",
+    "scale_free": "scale-free error of the final states",
+}
+
+
 def plot_effect(
     run: ProjectionRun,
     family: str,
@@ -148,28 +178,30 @@ def plot_effect(
     metric: str = "cosine",
     legend: bool = True,
 ) -> Axes | None:
-    """Model-level ``cosine`` (or ``relative_error``) of the final hidden states against k
-    for one random projection ``family``, a line per sharing strategy; every deterministic
-    method (pooling) in black and the trivial baselines (every layer's attention replaced by
-    zero or uniform attention) as grey horizontal lines, for reference."""
+    """Model-level ``cosine`` (``relative_error``, ``scale_free``) of the final hidden states
+    against k for one random projection ``family`` (E = delta R, F = exp(-delta) R), a
+    coloured line per sharing strategy; every deterministic method (pooling) in black and
+    the trivial baselines (every layer's attention replaced by zero or uniform attention) as
+    grey horizontal lines, for reference. ``legend`` puts the legend below the axes. None
+    when the run has no model effect."""
     effect = run.meta.get("model_effect") or {}
     results = effect.get("results") or []
     if not results:
         return None
     import seaborn as sns
 
-    ax = axes_or_new(ax)
+    ax = axes_or_new(ax, (SINGLE_COLUMN, 3.2))
     groups: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for r in results:
         if r["k"] is None:
             style = REFERENCE_STYLE[r["method"]]
-            ax.axhline(
-                r[metric], color=style["color"], ls=style["ls"], lw=0.9, label=style["label"]
-            )
+            ax.axhline(r[metric], **{k: v for k, v in style.items() if k not in ("marker", "ms")})
         elif r["method"] == family or r["sharing"] == "n/a":
             groups.setdefault((r["method"], r["sharing"]), []).append((r["k"], r[metric]))
     sharings = [sh for (m, sh) in groups if m == family]
     colours = dict(zip(sharings, sns.color_palette("colorblind", len(sharings)), strict=True))
+    pooled = [m for (m, sh) in groups if m != family]
+    markers = dict(zip(pooled, "^vDs", strict=False))
     for (method, sharing), points in groups.items():
         ks, values = zip(*sorted(points), strict=True)
         if method == family:
@@ -181,21 +213,33 @@ def plot_effect(
                 marker="o",
                 ms=2.5,
                 lw=1,
-                label=_sharing_label(sharing),
+                label=f"{family}, {_sharing_label(sharing)}",
             )
         else:
-            ax.plot(ks, values, color="k", marker="^", mfc="none", ms=3, lw=1, label=method)
-    ylabel = (
-        "cosine with exact final states"
-        if metric == "cosine"
-        else ("relative error of final states")
-    )
-    ax.set(xscale="log", xlabel="projected dimension k", ylabel=ylabel)
+            ax.plot(
+                ks,
+                values,
+                color="k",
+                marker=markers[method],
+                mfc="none",
+                ms=3,
+                lw=1,
+                label=f"{method} (deterministic)",
+            )
+    ax.set(xscale="log", xlabel="projected dimension k", ylabel=EFFECT_LABEL[metric])
     ax.set_xticks(run.ks, [str(k) for k in run.ks])
     ax.minorticks_off()
-    ax.set_title(f"{family}: E = delta R, F = exp(-delta) R", fontsize="small")
+    others = f"\nblack: {', '.join(pooled)} (deterministic)" if pooled else ""
+    ax.set_title(
+        f"every layer's K, V projected: final hidden states\n{family} "
+        r"($E = \delta R$, $F = e^{-\delta} R$), "
+        f"a line per sharing{others}",
+        fontsize="small",
+    )
     if legend:
-        ax.legend(frameon=False, fontsize="xx-small", loc="upper left")
+        handles = ax.get_legend_handles_labels()[0]
+        baselines = [h for h in handles if str(h.get_label()).startswith("baseline")]
+        below_legend(ax, [h for h in handles if h not in baselines] + baselines, ncol=1)
     return ax
 
 
@@ -224,27 +268,18 @@ def plot_error_heatmap(
     ax.tick_params(axis="both", length=0, labelsize="small")
     ax.tick_params(axis="y", rotation=0)
     ax.set_title(
-        f"{run.meta['model']['name']} / {run.meta['corpus']['dataset']}, "
-        f"N = {run.meta['num_sequences']}\n{KIND_LABEL[kind].split(':')[0]}, {method}, k = {k}",
+        f"{run_label(run.meta)}, N = {run.meta['num_sequences']}\n"
+        f"{KIND_LABEL[kind].split(':')[0]}, {method}, k = {k}",
         fontsize="medium",
     )
     return ax
 
 
-def _merged_legend(fig: Any, axes: list[Axes]) -> None:
-    """One legend below the panels with every distinct entry of ``axes``."""
-    entries: dict[str, Any] = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            entries.setdefault(label, handle)
-    fig.legend(
-        list(entries.values()),
-        list(entries),
-        loc="outside lower center",
-        ncol=min(len(entries), 5),
-        frameon=False,
-        fontsize="x-small",
-    )
+def heatmap_method(run: ProjectionRun, kind: str) -> str:
+    """The row a heatmap shows by default: the first method of ``kind`` that is neither a
+    reference nor a baseline (``gaussian``; under Theorem 1 ``gaussian[paper]``)."""
+    rows = run.rows(kind)
+    return next((r for r in rows if r not in REFERENCE_STYLE), rows[0])
 
 
 def plot_projection_folder(folder: Path, out: Path | None = None) -> list[Path]:
@@ -258,20 +293,13 @@ def plot_projection_run(run: ProjectionRun, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
-    title = (
-        f"{run.meta['model']['name']} / {run.meta['corpus']['dataset']}, "
-        f"n = {run.meta['seq_len']}, N = {run.meta['num_sequences']}"
-    )
+    title = f"{run_label(run.meta)}, n = {run.meta['seq_len']}, N = {run.meta['num_sequences']}"
     with paper_style():
         fig, axes = plt.subplots(2, 2, figsize=(DOUBLE_COLUMN, 5.2), layout="constrained")
         for col, metric in enumerate(("error", "scale-free")):
             plot_error_vs_k(run, "theorem1", axes[0, col], legend=False, metric=metric)
             plot_error_vs_k(run, "theorem2", axes[1, col], legend=False, metric=metric)
-        for ax in axes.flat:
-            lo, hi = ax.get_ylim()
-            if hi / lo < 10:
-                readable_log_ticks(ax)
-        _merged_legend(fig, [axes[0, 0], axes[1, 0]])
+        merged_legend(fig, [axes[0, 0], axes[1, 0]], ncol=4)
         fig.suptitle(
             title + "\nTheorem 1 rows: solid = paper estimator P R^T R (n E^T E / tr for "
             "pooling), dashed = projector P E^+ E",
@@ -295,14 +323,15 @@ def plot_projection_run(run: ProjectionRun, out: Path) -> list[Path]:
             )
             for ax, family in zip(axes[0], families, strict=True):
                 plot_effect(run, family, ax, legend=False)
-            _merged_legend(fig, list(axes[0]))
+                ax.set_title(ax.get_title().split("\n", 1)[1], fontsize="small")  # as suptitle
+            merged_legend(fig, list(axes[0]), ncol=3)
             fig.suptitle(
                 f"{title}: every layer's K, V projected (one draw of E, F per configuration); "
                 "grey: every layer's attention replaced by a baseline",
                 fontsize="small",
             )
             written += save(fig, out / "model_effect")
-        method = next((m for m in run.methods if m != "svd"), run.methods[0])
+        method = heatmap_method(run, "theorem2")
         fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.6), layout="constrained")
         plot_error_heatmap(run, method, int(run.meta["heatmap_k"]), ax=ax)
         written += save(fig, out / f"heatmap_{method}_k{run.meta['heatmap_k']}")

@@ -7,84 +7,61 @@ Figures are saved as PDF (TrueType fonts embedded, ``pdf.fonttype = 42``) and 30
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from lowrank.errors import LowrankError
+from lowrank.plots.style import (
+    DOUBLE_COLUMN,
+    SINGLE_COLUMN,
+    axes_or_new,
+    below_legend,
+    bottom_legend,
+    corpus_name,
+    model_name,
+    paper_style,
+    run_label,
+    save,
+)
 from lowrank.runs.folders import SpectrumRun, read_run
-from lowrank.runs.writing import write_files
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+__all__ = [
+    "DOUBLE_COLUMN",
+    "SINGLE_COLUMN",
+    "LayerMetric",
+    "axes_or_new",
+    "figure1",
+    "heatmap_values",
+    "paper_style",
+    "plot_cumulative",
+    "plot_heatmap",
+    "plot_layer_summary",
+    "read_runs",
+    "run_title",
+    "save",
+    "shared_limits",
+    "write_figures",
+]
+
+log = logging.getLogger(__name__)
 LayerMetric = Literal["c_at_index", "rank90", "rank99", "effective_rank", "stable_rank"]
-SINGLE_COLUMN = 3.4  # inches: one column of a two-column paper
-DOUBLE_COLUMN = 7.0
 _METRIC_INDEX = {"c_at_index": 0, "rank90": 1, "rank99": 2, "effective_rank": 3, "stable_rank": 4}
 
 
-@contextmanager
-def paper_style() -> Iterator[None]:
-    """Seaborn paper context, colour-blind palette, embedded TrueType fonts."""
-    import matplotlib as mpl
-    import seaborn as sns
-
-    rc: dict[str, Any] = {
-        "pdf.fonttype": 42,
-        "ps.fonttype": 42,
-        "savefig.dpi": 300,
-        "savefig.bbox": "tight",
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "font.size": 8,
-    }
-    with mpl.rc_context(), sns.plotting_context("paper", font_scale=0.9):
-        sns.set_palette("colorblind")
-        mpl.rcParams.update(rc)  # type: ignore[arg-type]  # stubs want Literal keys
-        yield
-
-
-def axes_or_new(ax: Axes | None, size: tuple[float, float] = (SINGLE_COLUMN, 2.4)) -> Axes:
-    """``ax``, or the axes of a new figure of ``size`` inches (the plot functions' ax=None)."""
-    if ax is not None:
-        return ax
-    import matplotlib.pyplot as plt
-
-    return plt.figure(figsize=size).add_subplot()
-
-
-def bottom_legend(fig: Figure, ax: Axes) -> None:
-    """One legend for a multi-panel figure, below the panels, from ``ax``'s entries."""
-    handles, labels = ax.get_legend_handles_labels()
-    fig.legend(
-        handles,
-        labels,
-        loc="outside lower center",
-        ncol=len(labels),
-        frameon=False,
-        fontsize="small",
-    )
-
-
-def readable_log_ticks(ax: Axes, suffix: str = "") -> None:
-    """Plain-number ticks (0.25, 0.5, 1, 2, 4, ...) on a log y axis that spans less than a
-    decade, where matplotlib would label a single power of ten."""
-    lo, hi = ax.get_ylim()
-    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64) if lo <= t <= hi]
-    ax.set_yticks(ticks, [f"{t:g}{suffix}" for t in ticks])
-    ax.minorticks_off()
-
-
 def run_title(run: SpectrumRun) -> str:
-    """``model / dataset`` and ``n = .., N = ..`` on two lines; a decoder's run (``causal``
-    in run.json) says on a third that its P is lower-triangular."""
+    """``model / dataset`` (:func:`lowrank.plots.style.run_label`: an in-memory model by its
+    name, your texts as such) and ``n = .., N = ..`` on two lines; a decoder's run
+    (``causal`` in run.json) says on a third that its P is lower-triangular."""
     causal = "\ncausal decoder: P lower-triangular" if run.meta.get("causal") else ""
-    return f"{run.label}\nn = {run.seq_len}, N = {run.stats.count} sequences{causal}"
+    return f"{run_label(run.meta)}\nn = {run.seq_len}, N = {run.stats.count} sequences{causal}"
 
 
 def plot_cumulative(
@@ -213,15 +190,20 @@ def plot_layer_summary(
 ) -> Axes:
     """Per-layer mean of a summary with error bars (std across heads), one line per run.
 
-    With ``c_at_index`` a rising line is the paper's "higher layers are more skewed".
+    With ``c_at_index`` a rising line is the paper's "higher layers are more skewed". Each
+    run reads c at its own heatmap index (n/4: 128 for n = 512); when the runs' indices
+    differ the axis says "c at index n/4" and the legend gives each run's index.
     """
     ax = axes_or_new(ax)
     k = _METRIC_INDEX[metric]
+    indices = [run.stats.index for run in runs]
+    several = metric == "c_at_index" and len(set(indices)) > 1
     offsets = np.linspace(-0.12, 0.12, len(runs)) if len(runs) > 1 else [0.0]
     for run, dx in zip(runs, offsets, strict=True):
         values = run.stats.summaries.mean[..., k]  # (L, H)
         layers = np.arange(1, values.shape[0] + 1) + dx  # dodge so error bars stay apart
         err = values.std(axis=1, ddof=1) if values.shape[1] > 1 else None
+        read = f", n = {run.seq_len}: c at {run.stats.index}" if several else ""
         ax.errorbar(
             layers,
             values.mean(axis=1),
@@ -230,11 +212,10 @@ def plot_layer_summary(
             ms=3,
             lw=1,
             capsize=2,
-            label=f"{run.label} (N = {run.stats.count})",
+            label=f"{run_label(run.meta)}{read} (N = {run.stats.count})",
         )
-    index = runs[0].stats.index if runs else 128
     label = {
-        "c_at_index": f"c at index {index}",
+        "c_at_index": _c_label(runs),
         "rank90": "rank for 90% of sum s",
         "rank99": "rank for 99% of sum s",
         "effective_rank": "effective rank",
@@ -244,8 +225,20 @@ def plot_layer_summary(
     if runs:
         n_layers = max(r.stats.cumulative.mean.shape[0] for r in runs)
         ax.set_xticks(range(1, n_layers + 1, max(1, n_layers // 12)))
-    ax.legend(frameon=False, fontsize="small")
+    below_legend(ax, ncol=1)
     return ax
+
+
+def _c_label(runs: Sequence[SpectrumRun]) -> str:
+    """The c axis of several runs: ``c at index 16`` when all read the same index, else
+    ``c at index n/4`` (each run's index in the legend) or, for indices that are not n/4,
+    ``c at each run's index``."""
+    indices = {run.stats.index for run in runs}
+    if len(indices) <= 1:
+        return f"c at index {next(iter(indices), 128)}"
+    if all(run.stats.index == max(1, run.seq_len // 4) for run in runs):
+        return "c at index n/4"
+    return "c at each run's index"
 
 
 def shared_limits(runs: Sequence[SpectrumRun]) -> tuple[float, float]:
@@ -282,30 +275,8 @@ def figure1(runs: Sequence[SpectrumRun], heatmap_run: int = 0, by_layer: bool = 
     return fig
 
 
-def save(fig: Figure, path: Path) -> list[Path]:
-    """Write ``path.pdf`` and ``path.png`` (300 dpi), both or neither, and close the figure.
-
-    The files go through :func:`lowrank.runs.writing.write_files` (temporary files, then
-    renames), so a full disk or an I/O error is one line and leaves earlier figures intact.
-    """
-    import matplotlib.pyplot as plt
-
-    # no creation date in the PDF: redrawing the same run gives the same file
-    meta: dict[str, dict[str, None] | None] = {".pdf": {"CreationDate": None}, ".png": None}
-
-    def writer(suffix: str) -> Callable[[IO[bytes]], None]:
-        return lambda fh: fig.savefig(fh, format=suffix[1:], metadata=meta[suffix])
-
-    targets = [path.with_suffix(suffix) for suffix in (".pdf", ".png")]
-    try:
-        write_files(path.parent, [(t.name, writer(t.suffix)) for t in targets])
-    finally:
-        plt.close(fig)
-    return targets
-
-
 def _slug(run: SpectrumRun) -> str:
-    name = f"{run.meta['model']['name']}-{run.meta['corpus']['dataset']}"
+    name = f"{model_name(run.meta['model'])}-{corpus_name(run.meta['corpus'])}"
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(name).name)
 
 
@@ -338,9 +309,15 @@ def write_figures(
             fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.6), layout="constrained")
             plot_heatmap(run, ax=ax, vmin=vmin, vmax=vmax)
             written += save(fig, out / f"heatmap_{slug}")
-        fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.4), layout="constrained")
+        size = (SINGLE_COLUMN, 2.5 + 0.15 * len(runs))  # the legend goes below
+        fig, ax = plt.subplots(figsize=size, layout="constrained")
         plot_layer_summary(runs, ax=ax, metric=layer_metric)
         written += save(fig, out / "layers")
+        if len(runs) > 1:
+            log.info(
+                f"figure1 shows the heatmap of one run, {run_label(runs[0].meta)} at n = "
+                f"{runs[0].seq_len} (--heatmap-run picks another); heatmap_* has every run's"
+            )
         written += save(figure1(runs, by_layer=by_layer), out / "figure1")
     return written
 

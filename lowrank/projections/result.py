@@ -231,10 +231,29 @@ class ProjectionResult(RunResult):
         metric: str = "error",
         legend: bool = True,
     ) -> Axes:
-        """Mean ``metric`` of ``kind`` against k, a line per row (log axes); the axes."""
-        from lowrank.plots.projections import plot_error_vs_k
+        """Mean ``metric`` (``error``, ``scale-free``, ``cosine``) of ``kind``
+        (``theorem1``/``theorem2``) against k, a line per row, the references black and the
+        baselines grey (:func:`lowrank.plots.projections.plot_error_vs_k`); ``legend``
+        below the axes. Returns the axes.
 
+        Raises:
+            LowrankError: a kind or metric this run does not have (the message lists them).
+        """
+        from lowrank.plots.projections import plot_error_vs_k
+        from lowrank.plots.style import choose
+
+        choose("kind", kind, KINDS)
+        choose("metric", metric, self._metrics(kind))
         return plot_error_vs_k(self.run, kind, ax, legend=legend, metric=metric)
+
+    def _metrics(self, kind: str) -> list[str]:
+        """The metrics this run holds for ``kind`` (format 1 runs: the error only)."""
+        rows = self.rows(kind)
+        return [
+            m
+            for m in METRICS
+            if any(f"{_metric_key(kind, r, m)}_mean" in self.arrays for r in rows)
+        ]
 
     def heatmap(
         self,
@@ -244,25 +263,47 @@ class ProjectionResult(RunResult):
         k: int | None = None,
         kind: str = "theorem2",
     ) -> Axes:
-        """Layer x head heatmap of the mean error of ``method`` (default: the first that is
-        not svd) at ``k`` (default: the run's heatmap k); the axes."""
-        from lowrank.plots.projections import plot_error_heatmap
+        """Layer x head heatmap of the mean error of ``method`` (a row of ``kind``; default:
+        the first that is neither a reference nor a baseline) at ``k`` (default: the run's
+        heatmap k). Returns the axes.
+
+        Raises:
+            LowrankError: a kind, method (row) or k this run does not have.
+        """
+        from lowrank.plots.projections import heatmap_method, plot_error_heatmap
+        from lowrank.plots.style import choose
 
         run = self.run
-        method = method or next((m for m in run.methods if m != "svd"), run.methods[0])
-        return plot_error_heatmap(run, method, int(k or self.config["heatmap_k"]), kind, ax)
+        choose("kind", kind, KINDS)
+        method = method or heatmap_method(run, kind)
+        choose("method", method, self.rows(kind), f"its {kind} rows are")
+        k = int(self.config["heatmap_k"]) if k is None else k
+        choose("k", k, [int(x) for x in run.ks])
+        return plot_error_heatmap(run, method, int(k), kind, ax)
 
     def plot_effect(
         self, ax: Axes | None = None, *, family: str | None = None, metric: str = "cosine"
     ) -> Axes:
-        """Model-level ``metric`` (``cosine`` or ``relative_error``) against k for one random
-        projection ``family`` (default: the first measured), a line per sharing; the axes."""
-        from lowrank.plots.projections import plot_effect
+        """Model-level ``metric`` (``cosine``, ``relative_error`` or ``scale_free``) against
+        k for one random projection ``family`` (default: the first measured), a line per
+        sharing, the deterministic methods black, the baselines grey. Returns the axes.
+
+        Raises:
+            LowrankError: the run has no model effect, or a family or metric it lacks.
+        """
+        from lowrank.plots.projections import EFFECT_LABEL, plot_effect
+        from lowrank.plots.style import choose
 
         results = (self.config.get("model_effect") or {}).get("results") or []
-        families = [r["method"] for r in results if r["k"] is not None and r["sharing"] != "n/a"]
+        families = list(
+            dict.fromkeys(
+                r["method"] for r in results if r["k"] is not None and r["sharing"] != "n/a"
+            )
+        )
         if not families:
             raise LowrankError("this run has no model effect of a random projection to plot")
+        choose("family", family or families[0], families, "this run's model effect has")
+        choose("metric", metric, EFFECT_LABEL)
         drawn = plot_effect(self.run, family or families[0], ax, metric=metric)
         if drawn is None:  # pragma: no cover - results exist, so the panel is drawn
             raise LowrankError("this run has no model effect to plot")
