@@ -68,14 +68,17 @@ class CompareResult(RunResult):
 
     @property
     def families(self) -> list[str]:
+        """The attention families compared, in the order of the arrays' family axis."""
         return [str(f) for f in self.arrays["families"]]
 
     @property
     def budgets(self) -> list[int]:
+        """The budgets b (about n b numbers each), in the order of the budget axis."""
         return [int(b) for b in self.arrays["budgets"]]
 
     @property
     def focus_budget(self) -> int:
+        """The budget the report, the winner map and ``summary()`` read by default."""
         return int(self.config["focus_budget"])
 
     def table(self, metric: str = "output_error", stat: str = "mean") -> np.ndarray:

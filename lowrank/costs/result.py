@@ -70,10 +70,12 @@ class EfficiencyResult(RunResult):
 
     @property
     def ns(self) -> list[int]:
+        """The sequence lengths n timed, in the order of the arrays' first axis."""
         return [int(n) for n in self.arrays["n"]]
 
     @property
     def ks(self) -> list[int]:
+        """Linformer's projected dimensions k, in the order of the arrays' second axis."""
         return [int(k) for k in self.arrays["k"]]
 
     def tables(self) -> dict[str, Table]:
@@ -131,7 +133,10 @@ class EfficiencyResult(RunResult):
         meta, ns, ks = self.config, self.ns, self.ks
         tables, records = self.tables(), self.data["records"]
         hw = meta["hardware"]
-        where = hw.get("gpu") or f"{hw['processor']} CPU, {hw['torch_threads']} threads"
+        threads = int(hw["torch_threads"])
+        where = hw.get("gpu") or (
+            f"{hw['processor']} CPU, {threads} thread{'' if threads == 1 else 's'}"
+        )
         budget = meta["memory_budget_gib"]
         rounds = meta["repeats"]
         batching = (

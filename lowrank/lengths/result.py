@@ -62,23 +62,25 @@ class ScalingResult(RunResult):
 
     @property
     def ns(self) -> list[int]:
+        """The sequence lengths n, in the order of the arrays' n axis."""
         return [int(n) for n in self.arrays["ns"]]
 
     @property
     def groups(self) -> list[str]:
+        """The groups each measure is fitted for: 'layer 1', ..., and 'model'."""
         return [str(g) for g in self.arrays["groups"]]
 
     @property
     def causal(self) -> bool:
+        """True for a decoder: its P is lower-triangular (see docs/spectrum.md)."""
         return bool(self.config.get("causal"))
 
     @property
     def label(self) -> str:
-        """``model / dataset``, a local model folder shown by its last component."""
-        model = str(self.config["model"]["name"])
-        if self.config["model"].get("kind") == "local":
-            model = Path(model.rstrip("/")).name or model
-        return f"{model} / {self.config['corpus']['dataset']}"
+        """``model / corpus`` as figures name the run (:func:`lowrank.runs.labels.run_label`)."""
+        from lowrank.runs.labels import run_label
+
+        return run_label(self.config)
 
     def verdict(self, measure: str, group: str = "model") -> str:
         """The verdict on ``measure`` for a group ('layer 1', ..., 'model')."""
@@ -142,8 +144,8 @@ class ScalingResult(RunResult):
         lines = ["", textwrap.fill(header, 100)]
         if self.causal:
             lines.append(
-                "causal decoder: P is lower-triangular; see 'Causal attention' in the README "
-                "for what its spectrum measures"
+                "causal decoder: P is lower-triangular; see 'Causal attention' in "
+                "docs/spectrum.md for what its spectrum measures"
             )
         for m in MEASURES:
             title = MEASURE_LABELS[m].replace("tau", f"{float(self.arrays['tau']):g}")

@@ -16,11 +16,11 @@ from lowrank.plots.style import (
     below_legend,
     paper_style,
     readable_log_ticks,
-    run_label,
     save,
     side_legend,
 )
 from lowrank.runs.folders import CompareRun, read_compare_run
+from lowrank.runs.labels import run_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -19,10 +19,10 @@ from lowrank.plots.style import (
     axes_or_new,
     below_legend,
     paper_style,
-    run_label,
     save,
     side_legend,
 )
+from lowrank.runs.labels import run_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -16,10 +16,10 @@ from lowrank.plots.style import (
     merged_legend,
     paper_style,
     readable_log_ticks,
-    run_label,
     save,
 )
 from lowrank.runs.folders import ProjectionRun, read_projection_run
+from lowrank.runs.labels import run_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -21,13 +21,11 @@ from lowrank.plots.style import (
     axes_or_new,
     below_legend,
     bottom_legend,
-    corpus_name,
-    model_name,
     paper_style,
-    run_label,
     save,
 )
 from lowrank.runs.folders import SpectrumRun, read_run
+from lowrank.runs.labels import corpus_name, model_name, run_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -57,7 +55,7 @@ _METRIC_INDEX = {"c_at_index": 0, "rank90": 1, "rank99": 2, "effective_rank": 3,
 
 
 def run_title(run: SpectrumRun) -> str:
-    """``model / dataset`` (:func:`lowrank.plots.style.run_label`: an in-memory model by its
+    """``model / dataset`` (:func:`lowrank.runs.labels.run_label`: an in-memory model by its
     name, your texts as such) and ``n = .., N = ..`` on two lines; a decoder's run
     (``causal`` in run.json) says on a third that its P is lower-triangular."""
     causal = "\ncausal decoder: P lower-triangular" if run.meta.get("causal") else ""

@@ -13,10 +13,10 @@ from lowrank.plots.style import (
     axes_or_new,
     below_legend,
     paper_style,
-    run_label,
     save,
 )
 from lowrank.runs.folders import read_json, read_meta, read_npz
+from lowrank.runs.labels import run_label
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -59,13 +59,10 @@ class SpectrumRun:
 
     @property
     def label(self) -> str:
-        """``model / dataset``, with a local folder or an in-memory model's path shown by its
-        last component."""
-        model = self.meta["model"]
-        name = str(model["name"])
-        if model.get("kind") in ("local", "memory"):
-            name = Path(name.rstrip("/")).name or name
-        return f"{name} / {self.meta['corpus']['dataset']}"
+        """``model / corpus`` as figures name the run (:func:`lowrank.runs.labels.run_label`)."""
+        from lowrank.runs.labels import run_label
+
+        return run_label(self.meta)
 
     @property
     def seq_len(self) -> int:
