@@ -362,8 +362,7 @@ def test_the_globals_message_names_globals_not_the_lsh_rounds():
 
 @contextmanager
 def _lowrank_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """The ``lowrank`` logger's records into caplog, also after the CLI has stopped its
-    propagation to the root logger (``show_messages``)."""
+    """The ``lowrank`` logger's records into caplog, however its propagation is set."""
     logger = logging.getLogger("lowrank")
     logger.addHandler(caplog.handler)
     try:

@@ -102,3 +102,26 @@ def test_lowrank_error_is_still_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path
     result = _run(["figures", str(tmp_path)])
     assert result.exit_code == 2
     assert _one_error_line(result) == "error: a clear line"
+
+
+def test_the_cli_leaves_the_library_logger_as_it_found_it(tmp_path) -> None:
+    import logging
+
+    logger = logging.getLogger("lowrank")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    seen = []
+
+    class Spy(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    result = _run(["figures", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert (list(logger.handlers), logger.level, logger.propagate) == before
+    spy = Spy()
+    logger.addHandler(spy)
+    try:
+        logging.getLogger("lowrank.spectra.workflow").warning("after the CLI")
+    finally:
+        logger.removeHandler(spy)
+    assert seen == ["after the CLI"]  # still reaches the application's handlers

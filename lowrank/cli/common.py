@@ -8,7 +8,8 @@ import os
 import shlex
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar, get_args
 
 import click
@@ -116,6 +117,17 @@ class LowrankGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        with shown_messages():
+            return self._main(args, prog_name, complete_var, standalone_mode, **extra)
+
+    def _main(
+        self,
+        args: Sequence[str] | None,
+        prog_name: str | None,
+        complete_var: str | None,
+        standalone_mode: bool,
+        **extra: Any,
+    ) -> Any:
         words = list(sys.argv[1:] if args is None else args)
         _DEBUG["on"] = "--debug" in words
         words = [w for w in words if w != "--debug"]
@@ -166,7 +178,6 @@ def main(debug: bool) -> None:
     Start with `lowrank spectrum`: it runs the embedded pretrained MiniLM on the embedded
     sample corpus, offline, and writes the paper's Figure 1 statistics to a run folder.
     """
-    show_messages()
 
 
 class _LineHandler(logging.Handler):
@@ -179,13 +190,22 @@ class _LineHandler(logging.Handler):
         click.echo(text, err=True)
 
 
-def show_messages() -> None:
-    """Route the ``lowrank`` logger (the library never prints) to stderr, once."""
+@contextmanager
+def shown_messages() -> Iterator[None]:
+    """Route the ``lowrank`` logger (the library never prints) to stderr while a command
+    runs, and put it back as it was after (a CLI call inside a notebook leaves the library
+    silent again)."""
     logger = logging.getLogger("lowrank")
-    if not any(isinstance(h, _LineHandler) for h in logger.handlers):
-        logger.addHandler(_LineHandler())
+    handler, level, propagate = _LineHandler(), logger.level, logger.propagate
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def command_line(ctx: click.Context) -> str:
