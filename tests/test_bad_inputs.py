@@ -59,6 +59,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("spectrum-data-bad-jsonl", [*SPEC, "--data", "{bad_jsonl}"], "bad.jsonl"),
     ("spectrum-data-csv-no-text", [*SPEC, "--data", "{csv_no_text}"], "notext.csv"),
     ("spectrum-out-under-file", [*SPEC, "--out", "{file}/sub"], "file.txt"),
+    ("spectrum-out-name-too-long", [*SPEC, "--out", "{new}/" + "x" * 300], "too long"),
     ("spectrum-out-is-file", [*SPEC, "--out", "{file}"], "file.txt"),
     ("spectrum-out-other-run", [*SPEC, "--seed", "3", "--out", "{run}"], "--overwrite"),
     ("spectrum-resume-complete", [*SPEC, "--resume", "--out", "{run}"], "complete"),
@@ -69,6 +70,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("figures-newer-format", ["figures", "{future_run}"], "upgrade"),
     ("figures-truncated-npz", ["figures", "{truncated_run}"], "spectrum.npz"),
     ("figures-shape-tampered", ["figures", "{reshaped_run}"], "shape"),
+    ("figures-out-name-too-long", ["figures", "{run}", "--out", "x" * 300], "too long"),
     ("figures-out-under-file", ["figures", "{run}", "--out", "{file}/figs"], "file.txt"),
     # -- merge
     ("merge-missing-part", ["merge", "{run}", "{new}/gone", "--out", "{new}/m"], "gone"),
@@ -117,6 +119,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("efficiency-n-huge", [*EFF[:1], "--n", str(10**9), "--k", "8"], "--n"),
     ("efficiency-k-beyond-n", [*EFF[:1], "--n", "64", "--k", "128"], "--k"),
     ("efficiency-budget-nan", [*EFF, "--memory-budget", "nan"], "--memory-budget"),
+    ("efficiency-budget-huge", [*EFF, "--memory-budget", "1e308"], "--memory-budget"),
+    ("efficiency-repeats-huge", [*EFF[:7], "--repeats", str(10**20)], "--repeats"),
     ("efficiency-layers-0", [*EFF[:5], "--layers", "0"], "--layers"),
     ("efficiency-repeats-0", [*EFF[:7], "--repeats", "0"], "--repeats"),
     # -- compare

@@ -9,7 +9,14 @@ from typing import get_args
 from lowrank.costs.result import EfficiencyResult
 from lowrank.errors import LowrankError
 from lowrank.inputs.config import Device, DType
-from lowrank.inputs.options import check_choices, check_int, check_list, check_positive
+from lowrank.inputs.options import (
+    MAX_GIB,
+    MAX_REPEATS,
+    check_choices,
+    check_float,
+    check_int,
+    check_list,
+)
 from lowrank.runs.provenance import Provenance
 
 __all__ = ["EfficiencyResult", "efficiency"]
@@ -84,7 +91,7 @@ def efficiency(
     if batch_size is not None:
         check_int("--batch-size", batch_size, low=1)
     if memory_budget is not None:
-        check_positive("--memory-budget", memory_budget)
+        check_float("--memory-budget", memory_budget, low=0.0, open_low=True, high=MAX_GIB)
         if batch_size is not None:
             raise LowrankError("give either --batch-size or --memory-budget, not both")
     for option, value in (("--layers", layers), ("--hidden", hidden), ("--heads", heads)):
@@ -92,8 +99,8 @@ def efficiency(
     check_int("--ffn", ffn, low=1)
     if hidden % heads:
         raise LowrankError(f"--hidden {hidden} is not a multiple of --heads {heads}")
-    check_int("--warmup", warmup, low=0)
-    check_int("--repeats", repeats, low=1)
+    check_int("--warmup", warmup, low=0, high=MAX_REPEATS)
+    check_int("--repeats", repeats, low=1, high=MAX_REPEATS)
     if plot and out is None:
         raise LowrankError("plot draws into the run folder: give out= as well")
     where = resolve_device(device)

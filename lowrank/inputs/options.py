@@ -57,6 +57,12 @@ def check_float(
     return x
 
 
+MAX_GIB = 2.0**20
+"""The largest memory budget taken, in GiB (1 PiB): beyond it a budget is a typo."""
+
+MAX_REPEATS = 10_000
+"""The most warm-up or timed rounds of a benchmark (more would run for days)."""
+
 MIN_SEQ_LEN = 8
 """The shortest n lowrank analyses: with the two special tokens of BERT or RoBERTa it leaves
 six tokens of text, and the heatmap index n/4 is 2 (a 3 x 3 P says nothing about rank)."""

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, get_args
 from lowrank.errors import LowrankError
 from lowrank.inputs.config import DatasetName, Device, DType
 from lowrank.inputs.options import (
+    MAX_GIB,
     MIN_SEQ_LEN,
     check_choices,
+    check_float,
     check_fraction,
     check_int,
     check_list,
@@ -119,7 +121,7 @@ def scaling(
     if batch_size is not None:
         check_int("--batch-size", batch_size, low=1)
     if memory_budget is not None:
-        check_positive("--memory-budget", memory_budget)
+        check_float("--memory-budget", memory_budget, low=0.0, open_low=True, high=MAX_GIB)
     check_choices("--device", [device], get_args(Device))
     if dtype is not None:
         check_choices("--dtype", [dtype], get_args(DType))

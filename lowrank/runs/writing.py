@@ -90,6 +90,16 @@ def check_out_dir(
 def check_writable(out: Path, option: str = "--out") -> None:
     """Refuse ``out`` when it, or a folder above it, is a regular file, or when the nearest
     existing folder cannot be written (before a long run, not after it)."""
+    try:
+        _check_writable(out, option)
+    except OSError as exc:  # a name too long, a loop of links, ...
+        shown = str(out) if len(str(out)) <= 80 else f"{str(out)[:77]}..."
+        raise LowrankError(
+            f"{option} '{shown}' cannot be used: {exc.strerror or exc}; choose another {option}"
+        ) from None
+
+
+def _check_writable(out: Path, option: str) -> None:
     for place in (out, *out.parents):
         if place.is_dir():
             if not os.access(place, os.W_OK | os.X_OK):
