@@ -91,6 +91,13 @@ CASES: list[tuple[str, list[str], str]] = [
     ("summary-format", ["summary", "{run}", "--format", "xml"], "--format"),
     ("summary-newer-format", ["summary", "{future_run}"], "upgrade"),
     ("summary-not-json", ["summary", "{bad_json_run}"], "run.json"),
+    ("summary-c-above-one", ["summary", "{above_one_run}"], "cumulative_mean"),
+    ("summary-negative-error", ["summary", "{negative_proj_run}"], "below its minimum"),
+    (
+        "figures-c-above-one",
+        ["figures", "{above_one_run}", "--out", "{new}/f"],
+        "above its maximum",
+    ),
     # -- project
     ("project-seed-negative", [*PROJ, "--seed", "-1"], "--seed"),
     ("project-k-0", [*PROJ, "--k", "0"], "--k"),
@@ -209,7 +216,22 @@ def places(roberta_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         arrays = {k: data[k] for k in data.files}
     arrays["cumulative_mean"] = arrays["cumulative_mean"][:, :, :-1]
     np.savez_compressed(reshaped / "spectrum.npz", **arrays)
+    above_one = base / "above-one"
+    shutil.copytree(run, above_one)
+    with np.load(run / "spectrum.npz") as data:
+        tampered = {k: data[k] for k in data.files}
+    tampered["cumulative_mean"] = tampered["cumulative_mean"] + 0.75  # c above 1
+    np.savez_compressed(above_one / "spectrum.npz", **tampered)
+    negative = base / "negative-error"
+    shutil.copytree(proj, negative)
+    with np.load(proj / "projection.npz") as data:
+        tampered = {k: data[k] for k in data.files}
+    name = next(k for k in tampered if k.startswith("theorem2_") and k.endswith("_mean"))
+    tampered[name] = -np.abs(tampered[name]) - 1.0
+    np.savez_compressed(negative / "projection.npz", **tampered)
     return {
+        "above_one_run": above_one,
+        "negative_proj_run": negative,
         "roberta": roberta_dir,
         "run": run,
         "proj_run": proj,

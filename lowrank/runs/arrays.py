@@ -131,8 +131,10 @@ def stats_array_spec(
         "num_sequences": ArraySpec("int", (), minimum=0, equals=count),
         "heatmap_index": ArraySpec("int", (), minimum=1, maximum=n, equals=index),
     }
+    # c is a fraction of the nuclear norm; s are singular values (both up to rounding)
+    spec["cumulative_mean"] = ArraySpec("float", cube, minimum=0, maximum=1 + 1e-6)
+    spec["singular_values_mean"] = ArraySpec("float", cube, minimum=-1e-6)
     for name in ("cumulative", "singular_values"):
-        spec[f"{name}_mean"] = ArraySpec("float", cube)
         spec[f"{name}_std"] = ArraySpec("float", cube, minimum=0)
         spec[f"{name}_m2"] = ArraySpec("float", cube, minimum=0)
     for name in SUMMARY_NAMES:
@@ -165,7 +167,8 @@ def projection_array_spec(
     """projection.npz: ``ks`` ``[K]`` (1..n), row names, ``input_ids`` ``[N, n]``, and per
     row, metric and statistic ``theorem{1,2}_<row>[_<metric>]_{mean,median,p95}``
     ``[K, layers, heads]`` with the samples ``..._samples`` ``[K, layers, heads, S]``. The
-    statistics may hold NaN: a row that does not apply (e.g. to a causal model) is NaN."""
+    statistics may hold NaN: a row that does not apply (e.g. to a causal model) is NaN;
+    the others are >= 0 (errors are ratios of norms) or in [-1, 1] (cosines)."""
     n, cube = int(meta["seq_len"]), (int(meta["num_layers"]), int(meta["num_heads"]))
     k = _length(arrays, "ks")
     spec = {
@@ -179,7 +182,11 @@ def projection_array_spec(
         if name.startswith(("theorem1_", "theorem2_")):
             samples = name.endswith("_samples")
             shape = (k, *cube, None) if samples else (k, *cube)
-            spec[name] = ArraySpec("float", shape, finite=False)
+            if "_cosine" in name:  # a cosine lies in [-1, 1]; errors are norms, >= 0
+                low, high = -1 - 1e-6, 1 + 1e-6
+            else:
+                low, high = 0.0, None
+            spec[name] = ArraySpec("float", shape, finite=False, minimum=low, maximum=high)
     return spec
 
 
