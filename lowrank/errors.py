@@ -12,5 +12,7 @@ class LowrankError(Exception):
 def require_finite_positive(option: str, value: float) -> None:
     """Raise the one-line error for an option that must be a finite number above 0 (NaN,
     infinities, zero and negatives are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LowrankError(f"{option} {value!r} must be a number")
     if not (value == value and abs(value) != float("inf") and value > 0):
         raise LowrankError(f"{option} {value} must be a finite number > 0")

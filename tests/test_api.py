@@ -303,3 +303,14 @@ def test_the_library_logs_and_never_prints(bert_dir, capfd, caplog):
     out, err = capfd.readouterr()
     assert out == "" and err == ""  # nothing on the terminal
     assert any("n = 16 < 512" in r.getMessage() for r in caplog.records)  # but logged
+
+
+@pytest.mark.parametrize("path", [42, None, 3.5])
+def test_load_of_something_that_is_no_path_is_one_line(path):
+    with pytest.raises(LowrankError, match="give the run folder as a path"):
+        load(path)  # type: ignore[arg-type]
+
+
+def test_a_precision_that_is_no_number_is_one_line(bert_dir):
+    with pytest.raises(LowrankError, match=r"--precision '0.1' must be a number"):
+        spectrum(str(bert_dir), seq_len=16, precision="0.1", progress=False)  # type: ignore[arg-type]

@@ -125,3 +125,38 @@ def test_the_cli_leaves_the_library_logger_as_it_found_it(tmp_path) -> None:
     finally:
         logger.removeHandler(spy)
     assert seen == ["after the CLI"]  # still reaches the application's handlers
+
+
+@pytest.mark.parametrize(
+    ("exc", "line"),
+    [
+        (OSError(36, "File name too long", "y" * 300), "error: cannot use 'yyy"),
+        (OSError(28, "No space left on device"), "error: cannot write the output: No space"),
+    ],
+)
+def test_a_refusing_file_system_is_one_line_exit_2(monkeypatch, tmp_path, exc, line) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise exc
+
+    monkeypatch.setattr(folders, "read_meta", refuse)
+    result = _run(["figures", str(tmp_path)])
+    assert result.exit_code == 2
+    assert _one_error_line(result).startswith(line)
+
+
+def test_a_message_with_a_newline_stays_one_line(tmp_path) -> None:
+    result = _run(["summary", str(tmp_path / "no\nrun")])
+    assert result.exit_code == 2
+    assert _one_error_line(result) == f"error: run folder '{tmp_path / 'no run'}' does not exist"
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [("1", True), ("yes", True), ("false", False), ("0", False), ("off", False), ("", False)],
+)
+def test_lowrank_debug_values(monkeypatch, value, on) -> None:
+    from lowrank.cli import common
+
+    monkeypatch.setenv("LOWRANK_DEBUG", value)
+    monkeypatch.setitem(common._DEBUG, "on", False)
+    assert common._debugging() is on

@@ -509,3 +509,22 @@ def test_row_space_basis_of_a_matrix_with_a_zero_row():
     q = row_space_basis(e)
     assert q.shape == (10, 3)
     torch.testing.assert_close(q @ q.T, torch.linalg.pinv(e) @ e)
+
+
+def test_projector_of_a_rank_deficient_sparse_draw_has_k_columns_and_is_a_projector():
+    import torch
+
+    from lowrank.projections.sketches import estimator_factors, jl_matrix, seeded_generator
+
+    n, k = 64, 32
+    seed = next(
+        s
+        for s in range(200)
+        if torch.linalg.matrix_rank(jl_matrix("very-sparse", k, n, seeded_generator(s))) < k
+    )  # a draw with zero rows, as the adversary's run met
+    a, b = estimator_factors("very-sparse", k, n, "projector", seeded_generator(seed))
+    assert a.shape == (n, k) and b.shape == (k, n)
+    proj = a @ b
+    assert torch.allclose(proj @ proj, proj, atol=1e-10)  # idempotent
+    e = jl_matrix("very-sparse", k, n, seeded_generator(seed))
+    assert torch.allclose(e @ proj, e, atol=1e-10)  # fixes the row space of E

@@ -59,7 +59,7 @@ DEBUG_ENV = "LOWRANK_DEBUG"
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {_one_line(message, 1000)}", err=True)
     sys.exit(2)
 
 
@@ -94,10 +94,11 @@ def handle_errors(func: F) -> F:
 
 
 _DEBUG = {"on": False}
+_OFF = ("", "0", "false", "no", "off")
 
 
 def _debugging() -> bool:
-    return _DEBUG["on"] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return _DEBUG["on"] or os.environ.get(DEBUG_ENV, "").strip().lower() not in _OFF
 
 
 class LowrankGroup(click.Group):
@@ -147,9 +148,18 @@ class LowrankGroup(click.Group):
         except click.Abort:
             click.echo("interrupted: nothing was written", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `lowrank summary RUN | head`: the reader left, not an error
+            sys.stderr.close()
+            sys.exit(0)
         except Exception as exc:
             if _debugging():
                 raise
+            if isinstance(exc, OSError) and exc.errno is not None:
+                # the file system or a stream refused (a name too long, a loop of links, a
+                # full disk under stdout): the environment, not a bug
+                if exc.filename:
+                    _fail(f"cannot use '{_one_line(str(exc.filename), 120)}': {exc.strerror}")
+                _fail(f"cannot write the output: {exc.strerror or exc}")
             if _is_out_of_memory(exc):
                 _fail(
                     f"out of memory ({type(exc).__name__}): lower --batch-size, --seq-len or "

@@ -198,6 +198,9 @@ def estimator_factors(
         if estimator == "paper":
             return e.T, e
         q = row_space_basis(e)
+        if q.shape[1] < k:  # a sparse R of lower rank (zero or repeated rows): pad with
+            # zero columns so every draw has k columns; Q Q^T, the projector, is unchanged
+            q = torch.cat([q, q.new_zeros(n, k - q.shape[1])], dim=1)
         return q, q.T
     if method not in ("mean-pool", "conv"):
         raise ValueError(f"{method!r} has no linear estimator")

@@ -86,6 +86,10 @@ def load(path: str | Path) -> RunResult:
     Raises:
         LowrankError: the folder is missing, is not a lowrank run, or is damaged.
     """
+    import os
+
+    if not isinstance(path, str | os.PathLike):
+        raise LowrankError(f"load({path!r}): give the run folder as a path or a string")
     _import_families()
     folder = Path(path)
     if not folder.is_dir():
