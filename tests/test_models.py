@@ -178,3 +178,18 @@ def test_quiet_hides_progress_bars_only_inside_and_restores_them():
     assert hf_logging.is_progress_bar_enabled()
     with quiet():
         assert hf_logging.is_progress_bar_enabled()
+
+
+def test_a_config_asking_for_more_layers_than_the_weights_hold_is_refused(bert_dir, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "more-layers"
+    shutil.copytree(bert_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] += 2  # two layers the checkpoint does not hold
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LowrankError, match=r"weights lack \d+ attention tensors") as info:
+        load_model(str(folder))
+    assert "encoder.layer.2." in str(info.value) and "\n" not in str(info.value)
+    assert load_model(str(bert_dir)).num_layers == config["num_hidden_layers"] - 2

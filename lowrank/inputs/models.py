@@ -271,9 +271,22 @@ def _from_pretrained(location: str, local_only: bool, dtype: torch.dtype) -> tup
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
-    model = AutoModel.from_pretrained(
-        location, local_files_only=local_only, attn_implementation="eager", dtype=dtype
+    model, info = AutoModel.from_pretrained(
+        location,
+        local_files_only=local_only,
+        attn_implementation="eager",
+        dtype=dtype,
+        output_loading_info=True,
     )
+    # attention weights the config asks for but the checkpoint lacks are initialised at
+    # random: the spectra would be of noise (e.g. num_hidden_layers raised by hand)
+    missing = [k for k in info.get("missing_keys", []) if "attn" in k or "attention" in k]
+    if missing:
+        raise LowrankError(
+            f"model '{location}': its weights lack {len(missing)} attention tensors its "
+            f"config.json asks for (e.g. {sorted(missing)[0]}), which would be random: the "
+            "config does not match the weights; re-save the model"
+        )
     return model, tokenizer
 
 
@@ -355,8 +368,8 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> Loaded
         try:
             with quiet(progress=False):
                 model, tokenizer = _from_pretrained(source.location, True, torch_dtype)
-        except (MemoryError, torch.OutOfMemoryError):
-            raise  # not the folder's fault
+        except (MemoryError, torch.OutOfMemoryError, LowrankError):
+            raise  # not the folder's fault, or already said in one line
         except Exception as exc:  # transformers, torch, safetensors, tokenizers: any damage
             raise _unloadable(source.name, exc) from exc
     check_capturable(name, model.config.to_dict())
