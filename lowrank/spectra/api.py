@@ -32,7 +32,7 @@ from lowrank.inputs.config import (
     SpectrumConfig,
     checked_config,
 )
-from lowrank.inputs.options import check_int
+from lowrank.inputs.options import check_choices, check_int
 from lowrank.runs.provenance import python_call
 from lowrank.spectra.result import SpectrumResult
 
@@ -160,7 +160,8 @@ def spectrum(
         require_finite_positive("--precision", precision)
     if checkpoint_every is not None:
         check_int("--checkpoint-every", checkpoint_every, low=1)
-    _choice("--backend", backend, get_args(Backend))
+    if backend is not None:
+        check_choices("--backend", [backend], get_args(Backend))
     folder = Path(out) if out is not None else None
     if folder is None:
         for flag, given in (("--resume", resume), ("--plot", plot)):
@@ -287,8 +288,3 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     if n < 1 or not 1 <= i <= n:
         raise LowrankError(f"--shard {text}: need 1 <= i <= N")
     return i, n
-
-
-def _choice(option: str, value: object, choices: tuple[object, ...]) -> None:
-    if value is not None and value not in choices:
-        raise LowrankError(f"{option} {value!r}: use one of {', '.join(str(c) for c in choices)}")
