@@ -92,7 +92,7 @@ def _memory_child(layers: int) -> None:
     """Run the compare sink on a random BERT-shaped model; print peak RSS above baseline."""
     from transformers import BertConfig, BertModel
 
-    from lowrank.comparisons.sink import CompareSpec, measure
+    from lowrank.families.compare.collect import CompareSpec, measure
     from lowrank.inputs.corpora import Sequences
     from lowrank.inputs.models import LoadedModel, ModelSource
 

@@ -64,9 +64,9 @@ def run(procs: int, out: Path, args: argparse.Namespace) -> dict:
 
 
 def max_difference(a: Path, b: Path) -> float:
-    from lowrank.runs.folders import read_run
+    from lowrank.families.spectrum.result import SpectrumResult
 
-    ra, rb = read_run(a), read_run(b)
+    ra, rb = SpectrumResult.read(a), SpectrumResult.read(b)
     worst = 0.0
     for name in ("cumulative", "singular_values", "summaries"):
         ma, mb = getattr(ra.stats, name), getattr(rb.stats, name)
@@ -76,10 +76,10 @@ def max_difference(a: Path, b: Path) -> float:
 
 def merge_alone(path: Path, repeats: int = 20) -> tuple[float, int]:
     """Seconds to Chan-merge two accumulators of this run's shape, and one rank's bytes."""
+    from lowrank.families.spectrum.result import SpectrumResult
     from lowrank.runs.distributed import merge_in_order
-    from lowrank.runs.folders import read_run
 
-    stats = read_run(path).stats
+    stats = SpectrumResult.read(path).stats
     payload = len(pickle.dumps(stats, protocol=pickle.HIGHEST_PROTOCOL))
     began = time.perf_counter()
     for _ in range(repeats):

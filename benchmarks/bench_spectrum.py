@@ -10,9 +10,9 @@ Sections (all timings on the same sequences, in one process, after a warm-up):
 * kernels  -- singular values of the real MiniLM attention matrices P (n = 512) by each
   candidate: accuracy of c against numpy float64 SVD, and milliseconds per matrix.
 * pipeline -- sequences/s of: naive (``output_attentions=True`` with eager attention, then
-  numpy float64 SVD matrix by matrix, as most users first write it: ``np.linalg.svd(P)``, and
-  the variant with ``compute_uv=False``); lowrank (``lowrank.spectra.pipeline.analyse``); floor (the
-  model's own forward pass plus batched singular values of the same P, timed apart).
+  numpy float64 SVD matrix by matrix, as most users first write it: ``np.linalg.svd(P)``, and the
+  variant with ``compute_uv=False``); lowrank (``lowrank.families.spectrum.pipeline.analyse``);
+  floor (the model's own forward pass plus batched singular values of the same P, timed apart).
 * memory   -- peak resident memory above the loaded model, each variant in a fresh process,
   for randomly initialised RoBERTa-large-shaped models of 6 and 24 layers (16 heads, width
   1024, n = 512, 2 sequences): lowrank keeps one layer's P, the naive path keeps all.
@@ -74,7 +74,7 @@ def _timed(fn, repeat: int = 1):
 def kernels(count: int) -> list[dict]:
     import scipy.linalg
 
-    from lowrank.spectra.maths import singular_values
+    from lowrank.maths.spectra import singular_values
 
     loaded, seqs = _minilm_batch(count)
     p = _captured_probs(loaded, seqs.input_ids)  # (M, n, n)
@@ -110,8 +110,8 @@ def kernels(count: int) -> list[dict]:
 
 
 def pipeline(count: int, batch: int) -> dict:
-    from lowrank.spectra.maths import DEFAULT_SVD, default_workers, singular_values
-    from lowrank.spectra.pipeline import analyse
+    from lowrank.families.spectrum.pipeline import analyse
+    from lowrank.maths.spectra import DEFAULT_SVD, default_workers, singular_values
 
     loaded, seqs = _minilm_batch(count)
     model, ids = loaded.model, seqs.input_ids
@@ -191,9 +191,9 @@ def _memory_child(layers: int, variant: str) -> None:
     """Run one variant on a random RoBERTa-large-shaped model; print peak RSS above baseline."""
     from transformers import RobertaConfig, RobertaModel
 
+    from lowrank.families.spectrum.pipeline import analyse
     from lowrank.inputs.corpora import Sequences
     from lowrank.inputs.models import LoadedModel, ModelSource
-    from lowrank.spectra.pipeline import analyse
 
     torch.manual_seed(0)
     cfg = RobertaConfig(

@@ -5,11 +5,12 @@ import sys
 
 from lowrank.cli import main
 from lowrank.errors import LowrankError
+from lowrank.registry import families
 from lowrank.runs.distributed import check_command
 
 if __name__ == "__main__":
     try:
-        check_command(sys.argv[1:])
+        check_command(sys.argv[1:], [f.name for f in families() if f.torchrun])
     except LowrankError as exc:
         if os.environ.get("RANK", "0") == "0":  # one line, not one per rank
             print(f"error: {exc}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
@@ -29,3 +31,13 @@ def reference_cumulative(model, input_ids: np.ndarray, lengths: np.ndarray) -> n
                 per_layer.append(cs / cs[:, -1:])
             out.append(np.stack(per_layer))
     return np.stack(out)  # (N, L, H, n)
+
+
+def as_keywords(line: str) -> str:
+    """A CLI message as the Python API words it: ``--seed -1 must`` -> ``seed=-1 must``, and
+    every other flag by its keyword (``--seq-len`` -> ``seq_len``); the pointer to ``--help``
+    that the command line adds to a usage mistake is dropped."""
+    line = re.sub(r" \(see '[^']*--help'\)$", "", line)
+    value = r"(?=[-\d.(\[']|nan|inf)"
+    line = re.sub(rf"^--([a-z][a-z-]*) {value}", lambda m: m[1].replace("-", "_") + "=", line)
+    return re.sub(r"--([a-z][a-z-]*)", lambda m: m[1].replace("-", "_"), line)

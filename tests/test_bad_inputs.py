@@ -25,7 +25,7 @@ SPEC = ["spectrum", *MODEL, "--num-sequences", "2"]
 PROJ = ["project", *MODEL, "--num-sequences", "1", "--k", "8"]
 VERIFY = ["verify", *MODEL, "--num-sequences", "1"]
 COMPARE = ["compare", *MODEL, "--num-sequences", "1", "--budget", "8"]
-SCALING = ["scaling", "--model", "{roberta}", "--num-sequences", "1", "--seq-len", "16,32"]
+SCALING = ["scaling", "--model", "{roberta}", "--num-sequences", "2", "--seq-len", "16,32"]
 EFF = ["efficiency", "--n", "64", "--k", "8", "--layers", "1", "--repeats", "1"]
 
 CASES: list[tuple[str, list[str], str]] = [

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from lowrank.errors import LowrankError
+from lowrank.families.spectrum.pipeline import SpectrumCollector, analyse
 from lowrank.hooks.attention import AttentionCall, capture, valid_blocks
 from lowrank.inputs.config import heatmap_index
 from lowrank.inputs.corpora import build_sequences, load_corpus
 from lowrank.inputs.models import load_model
-from lowrank.spectra.pipeline import SpectrumSink, analyse
 from tests.helpers import SEQ_LEN, reference_cumulative
 
 
@@ -102,7 +102,7 @@ def test_capture_refuses_training_mode(roberta):
 
 
 def test_sink_names_layer_and_head_of_non_finite_attention():
-    sink = SpectrumSink(1, 2, 3, 4)
+    sink = SpectrumCollector(1, 2, 3, 4)
     probs = torch.full((1, 3, 4, 4), 0.25)
     probs[0, 2, 1, 1] = float("nan")
     call = AttentionCall(1, probs, probs, probs, probs, None, torch.nn.Identity())

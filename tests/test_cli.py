@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from lowrank.cli import main
+from lowrank.families.spectrum.result import SpectrumResult
 from lowrank.inputs.models import load_model
-from lowrank.runs.folders import read_run
 from tests.helpers import SEQ_LEN, reference_cumulative
 
 
@@ -50,7 +50,7 @@ def test_spectrum_writes_a_documented_run_folder(tiny_run, roberta_dir):
     assert meta["sequence_policy"]["policy"] == "pack"
     assert set(meta["versions"]) >= {"lowrank", "torch", "transformers"}
     assert meta["command"].startswith("lowrank spectrum --model")
-    run = read_run(out)
+    run = SpectrumResult.read(out)
     ref = reference_cumulative(
         load_model(str(roberta_dir)).model, run.input_ids, np.full(5, SEQ_LEN)
     )
@@ -138,7 +138,7 @@ def test_summary_prints_the_table_in_every_format(tiny_run, fmt):
         table = pd.DataFrame(rows, columns=header).apply(pd.to_numeric)
     else:
         table = pd.read_csv(io.StringIO(text), sep=r"\s+")
-    run = read_run(out)
+    run = SpectrumResult.read(out)
     layers, heads = 3, 4
     assert len(table) == layers * heads
     assert list(table.columns[:4]) == ["layer", "head", "index", "c"]

@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from lowrank.cli import main
-from lowrank.comparisons.kernels import (
+from lowrank.families.compare.collect import CompareCollector, CompareSpec
+from lowrank.families.compare.kernels import (
     favor_kernel,
     iterative_pinv,
     nystrom_attention,
@@ -20,7 +21,7 @@ from lowrank.comparisons.kernels import (
     scatterbrain_attention,
     uniform_attention,
 )
-from lowrank.comparisons.methods import (
+from lowrank.families.compare.methods import (
     CAUSAL_OK,
     FAMILIES,
     budget_cost,
@@ -43,12 +44,11 @@ from lowrank.comparisons.methods import (
     sorted_order,
     sparse_oracle,
 )
-from lowrank.comparisons.metrics import errors, row_entropy, sink_mass
-from lowrank.comparisons.sink import CompareSink, CompareSpec
-from lowrank.comparisons.workflow import rank_correlation, winners
+from lowrank.families.compare.metrics import errors, row_entropy, sink_mass
+from lowrank.families.compare.result import CompareResult
+from lowrank.families.compare.workflow import rank_correlation, winners
 from lowrank.hooks.attention import capture
 from lowrank.inputs.models import load_model
-from lowrank.runs.folders import read_compare_run
 
 N, D = 24, 6
 
@@ -331,7 +331,7 @@ def test_compare_writes_a_documented_run_folder(tiny_compare):
     assert set(meta["budget_accounting"]) == set(meta["families"])
     assert meta["budget_accounting"]["lsh"]["per_budget"][0]["reads"] == "Q, K"
     assert meta["findings"][1]["scatterbrain"]["split"] == [4, 4]
-    run = read_compare_run(out)
+    run = CompareResult.read(out)
     fam, budgets = run.families, run.budgets
     assert budgets == [4, 8, 32] and fam[-2:] == ["zero", "uniform"]
     assert run.table("output_error").shape == (len(fam), 3, 2, 3)
@@ -357,7 +357,7 @@ def test_compare_draws_do_not_depend_on_the_batching(tiny_compare, bert_dir, tmp
         "--budget", "4,8,32", "--out", tmp_path / "again",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    a, b = read_compare_run(out).arrays, read_compare_run(tmp_path / "again").arrays
+    a, b = CompareResult.read(out).arrays, CompareResult.read(tmp_path / "again").arrays
     for key in ("output_error_mean", "probs_error_std", "entropy_mean", "attended_mean"):
         assert np.allclose(a[key], b[key], atol=1e-10, equal_nan=True), key
 
@@ -368,9 +368,9 @@ def test_compare_marks_families_that_cannot_be_causal_as_not_applicable(gpt2_dir
         "--out", tmp_path / "gpt2",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    run = read_compare_run(tmp_path / "gpt2")
-    assert run.meta["causal"] is True
-    assert run.meta["not_applicable"] == ["lowrank-oracle", "linformer", "nystrom"]
+    run = CompareResult.read(tmp_path / "gpt2")
+    assert run.config["causal"] is True
+    assert run.config["not_applicable"] == ["lowrank-oracle", "linformer", "nystrom"]
     table = run.table("output_error")
     for i, family in enumerate(run.families):
         assert np.isnan(table[i]).all() == (family not in CAUSAL_OK), family
@@ -406,10 +406,10 @@ def uncapturable_dir(tmp_path_factory):
         (["--budget", "0,8"], "at least 1"),
         (["--budget", "-4"], "at least 1"),
         (["--budget", "8,4,8"], "lists 8 twice"),
-        (["--budget", "4,nan"], "'nan' is not a whole number"),
-        (["--budget", "4,inf"], "'inf' is not a whole number"),
-        (["--budget", "4.5"], "not a whole number"),
-        (["--families", "lsh,flash"], "unknown family 'flash'"),
+        (["--budget", "4,nan"], "--budget nan must be a whole number"),
+        (["--budget", "4,inf"], "--budget inf must be a whole number"),
+        (["--budget", "4.5"], "--budget 4.5 must be a whole number"),
+        (["--families", "lsh,flash"], "'flash' is not one of"),
         (["--scatterbrain-split", "nan"], "must be a finite number"),
         (["--scatterbrain-split", "inf"], "must be a finite number"),
         (["--scatterbrain-split", "1.5"], "in [0, 1]"),
@@ -450,7 +450,7 @@ def test_the_sinks_fast_paths_equal_the_dense_pure_functions(causal):
     special = torch.zeros(2, 32, dtype=torch.bool)
     special[:, [0, 31]] = True
     spec = CompareSpec(budgets=(4, 8, 32), split=0.25)
-    sinks = [CompareSink(spec, 1, 3, 32, dense=dense, chunk=4) for dense in (False, True)]
+    sinks = [CompareCollector(spec, 1, 3, 32, dense=dense, chunk=4) for dense in (False, True)]
     for sink in sinks:
         sink.special = special
         sink(AttentionCall(0, p, q, k, v, None, module))

@@ -65,7 +65,7 @@ class Pristine:
 
 @pytest.fixture(scope="module")
 def pristine(roberta_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pristine:
-    from lowrank.spectra import pipeline
+    from lowrank.families.spectrum import pipeline
 
     base = tmp_path_factory.mktemp("pristine")
     shards = []

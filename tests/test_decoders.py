@@ -18,10 +18,10 @@ from click.testing import CliRunner
 
 from lowrank.cli import main
 from lowrank.errors import LowrankError
+from lowrank.families.spectrum.pipeline import analyse
 from lowrank.hooks.attention import AttentionCall, capture, padded_inputs, valid_blocks
 from lowrank.inputs.corpora import build_sequences, data_dir, load_corpus, split_articles
 from lowrank.inputs.models import check_capturable, load_model
-from lowrank.spectra.pipeline import analyse
 from tests.helpers import reference_cumulative
 
 N = 40  # tokens per test sequence, longer than Mistral's window below
@@ -178,8 +178,8 @@ def test_left_padded_sequences_put_the_tokens_last(bert_dir):
 def test_spectrum_pipeline_on_left_and_right_padding_agrees(decoder_dirs, bert_dir, family):
     # the spectrum pipeline passes the padding side on: a left-padded batch gives the same
     # statistics as the right-padded one (each valid block is its sequence run alone)
+    from lowrank.families.spectrum.pipeline import analyse
     from lowrank.inputs.corpora import Sequences
-    from lowrank.spectra.pipeline import analyse
 
     folder = bert_dir if family == "bert" else decoder_dirs[family]
     loaded = load_model(str(folder))
@@ -204,8 +204,8 @@ def test_spectrum_pipeline_on_left_and_right_padding_agrees(decoder_dirs, bert_d
 
 
 def test_spectrum_run_records_causal_and_the_figure_says_so(decoder_dirs, bert_dir, tmp_path):
-    from lowrank.plots.spectrum import run_title
-    from lowrank.runs.folders import read_run
+    from lowrank.families.spectrum.plots import run_title
+    from lowrank.families.spectrum.result import SpectrumResult
 
     for name, folder, causal in (("llama", decoder_dirs["llama"], True), ("bert", bert_dir, False)):
         out = tmp_path / name
@@ -214,7 +214,9 @@ def test_spectrum_run_records_causal_and_the_figure_says_so(decoder_dirs, bert_d
         assert res.exit_code == 0, res.output
         meta = json.loads((out / "run.json").read_text())
         assert meta["causal"] is causal
-        assert ("causal decoder: P lower-triangular" in run_title(read_run(out))) is causal
+        assert (
+            "causal decoder: P lower-triangular" in run_title(SpectrumResult.read(out))
+        ) is causal
 
 
 def test_spectrum_help_explains_causal_attention():

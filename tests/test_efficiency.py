@@ -12,8 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from lowrank.cli import main
-from lowrank.costs import timing as efficiency
-from lowrank.costs.timing import (
+from lowrank.families.efficiency import timing as efficiency
+from lowrank.families.efficiency.linformer import ExactSelfAttention
+from lowrank.families.efficiency.result import EfficiencyResult
+from lowrank.families.efficiency.timing import (
     Measurement,
     budget_memory_saving,
     interleaved_order,
@@ -21,8 +23,6 @@ from lowrank.costs.timing import (
     spread,
     time_interleaved,
 )
-from lowrank.plots.costs import plot_efficiency_folder
-from lowrank.projections.linformer import ExactSelfAttention
 
 TINY = ["--hidden", "16", "--heads", "2", "--ffn", "32", "--layers", "1", "--device", "cpu"]
 MIB = 2**20
@@ -163,7 +163,7 @@ def test_budget_run_reports_the_ratio_of_largest_batches(tmp_path, monkeypatch):
     assert "largest batch that fits" in res.output and "4x (8/2)" in res.output
     meta = json.loads((out / "run.json").read_text())
     assert meta["memory_saving_measure"].startswith("largest power-of-two batch")
-    assert len(plot_efficiency_folder(out)) == 2
+    assert len(EfficiencyResult.read(out).draw()) == 2
 
 
 def test_a_stack_over_the_budget_at_batch_1_is_left_out(tmp_path, monkeypatch):
@@ -213,7 +213,7 @@ def test_format_1_folders_still_plot(tmp_path):
     }
     (out / "run.json").write_text(json.dumps(meta))
     (out / "efficiency.json").write_text(json.dumps(data))
-    paths = plot_efficiency_folder(out)
+    paths = EfficiencyResult.read(out).draw()
     assert [p.suffix for p in paths] == [".pdf", ".png"]
 
 
@@ -241,9 +241,9 @@ def test_a_largest_n_beyond_the_free_memory_is_refused_naming_the_largest_that_f
     tmp_path, monkeypatch
 ):
     from lowrank import efficiency as api
-    from lowrank.costs import memory
-    from lowrank.costs.timing import StackShape
     from lowrank.errors import LowrankError
+    from lowrank.families.efficiency import peak as memory
+    from lowrank.families.efficiency.timing import StackShape
 
     free = 2 * 2**30
     monkeypatch.setattr(memory, "available_bytes", lambda device: free)
@@ -265,8 +265,8 @@ def test_a_largest_n_beyond_the_free_memory_is_refused_naming_the_largest_that_f
 def test_the_estimate_bounds_the_measured_peak_of_exact_attention():
     import torch
 
-    from lowrank.costs.memory import activation_bytes
-    from lowrank.costs.timing import StackShape, _inputs, _stacks, peak_memory
+    from lowrank.families.efficiency.peak import activation_bytes
+    from lowrank.families.efficiency.timing import StackShape, _inputs, _stacks, peak_memory
 
     shape = StackShape(1, 64, 4, 128)
     n = 1024  # the n x n scores (16 MiB a matrix) dominate, as at any n worth refusing
@@ -278,8 +278,8 @@ def test_the_estimate_bounds_the_measured_peak_of_exact_attention():
 
 
 def test_the_batch_search_stops_where_the_estimate_fills_the_machine(tmp_path, monkeypatch):
-    from lowrank.costs import memory
-    from lowrank.costs.timing import StackShape
+    from lowrank.families.efficiency import peak as memory
+    from lowrank.families.efficiency.timing import StackShape
 
     shape = StackShape(1, 16, 2, 32)
     free = memory.estimate_bytes(256, [16], shape, 4, 2, "exact")  # exact fits batch 2

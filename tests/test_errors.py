@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from lowrank.cli import main
+from lowrank.cli import runs as commands
 from lowrank.errors import LowrankError
-from lowrank.runs import folders
 
 
 def _run(args: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -46,7 +46,7 @@ def _boom(*args: object, **kwargs: object) -> None:
 def test_unexpected_exception_is_one_internal_error_line_exit_1(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
-    monkeypatch.setattr(folders, "read_meta", _boom)
+    monkeypatch.setattr(commands, "load", _boom)
     result = _run(["figures", str(tmp_path)])
     assert result.exit_code == 1
     line = _one_error_line(result)
@@ -56,7 +56,7 @@ def test_unexpected_exception_is_one_internal_error_line_exit_1(
 
 @pytest.mark.parametrize("how", ["flag-after", "flag-before", "env"])
 def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path, how: str) -> None:
-    monkeypatch.setattr(folders, "read_meta", _boom)
+    monkeypatch.setattr(commands, "load", _boom)
     args = ["figures", str(tmp_path)]
     env = {"LOWRANK_DEBUG": ""}
     if how == "flag-after":
@@ -87,7 +87,7 @@ def test_out_of_memory_anywhere_is_one_line_exit_2(
     def oom(*args: object, **kwargs: object) -> None:
         raise exc
 
-    monkeypatch.setattr(folders, "read_meta", oom)
+    monkeypatch.setattr(commands, "load", oom)
     result = _run(["figures", str(tmp_path)])
     assert result.exit_code == 2
     line = _one_error_line(result)
@@ -98,7 +98,7 @@ def test_lowrank_error_is_still_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path
     def refuse(*args: object, **kwargs: object) -> None:
         raise LowrankError("a clear line")
 
-    monkeypatch.setattr(folders, "read_meta", refuse)
+    monkeypatch.setattr(commands, "load", refuse)
     result = _run(["figures", str(tmp_path)])
     assert result.exit_code == 2
     assert _one_error_line(result) == "error: a clear line"
@@ -121,7 +121,7 @@ def test_the_cli_leaves_the_library_logger_as_it_found_it(tmp_path) -> None:
     spy = Spy()
     logger.addHandler(spy)
     try:
-        logging.getLogger("lowrank.spectra.workflow").warning("after the CLI")
+        logging.getLogger("lowrank.families.spectrum.workflow").warning("after the CLI")
     finally:
         logger.removeHandler(spy)
     assert seen == ["after the CLI"]  # still reaches the application's handlers
@@ -138,7 +138,7 @@ def test_a_refusing_file_system_is_one_line_exit_2(monkeypatch, tmp_path, exc, l
     def refuse(*args: object, **kwargs: object) -> None:
         raise exc
 
-    monkeypatch.setattr(folders, "read_meta", refuse)
+    monkeypatch.setattr(commands, "load", refuse)
     result = _run(["figures", str(tmp_path)])
     assert result.exit_code == 2
     assert _one_error_line(result).startswith(line)

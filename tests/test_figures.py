@@ -11,8 +11,7 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from lowrank.cli import main
-from lowrank.inputs import models as models
-from lowrank.plots.spectrum import (
+from lowrank.families.spectrum.plots import (
     figure1,
     heatmap_values,
     paper_style,
@@ -21,7 +20,8 @@ from lowrank.plots.spectrum import (
     plot_layer_summary,
     shared_limits,
 )
-from lowrank.runs.folders import read_run
+from lowrank.families.spectrum.result import SpectrumResult
+from lowrank.inputs import models as models
 from tests.helpers import SEQ_LEN
 
 
@@ -78,7 +78,7 @@ def test_figures_command_writes_valid_pdf_and_png_without_a_model(runs, tmp_path
 
 
 def test_heatmap_data_equals_the_runs_c_at_the_heatmap_index(runs):
-    run = read_run(runs[0])
+    run = SpectrumResult.read(runs[0])
     with paper_style():
         ax = plot_heatmap(run)
     drawn = np.asarray(ax.collections[0].get_array()).reshape(run.stats.summaries.shape[:2])
@@ -92,7 +92,7 @@ def test_heatmap_data_equals_the_runs_c_at_the_heatmap_index(runs):
 def test_plot_functions_take_and_return_axes(runs):
     import matplotlib.pyplot as plt
 
-    both = [read_run(r) for r in runs]
+    both = [SpectrumResult.read(r) for r in runs]
     with paper_style():
         _fig, axes = plt.subplots(1, 3)
         assert plot_cumulative(both[0], ax=axes[0]) is axes[0]
@@ -117,7 +117,7 @@ def test_spectrum_legend_names_the_statistics_drawn(runs):
     median line, nor '10-90%' on another band."""
     import matplotlib.pyplot as plt
 
-    run = read_run(runs[0])
+    run = SpectrumResult.read(runs[0])
     curves = run.stats.cumulative.mean  # (L, H, n)
     layers, heads, n = curves.shape
     flat = curves.reshape(layers * heads, n)
@@ -149,7 +149,7 @@ def test_spectrum_legend_names_the_statistics_drawn(runs):
 def test_by_layer_colour_bar_has_one_colour_per_layer(runs):
     import matplotlib.pyplot as plt
 
-    run = read_run(runs[0])
+    run = SpectrumResult.read(runs[0])
     layers = run.stats.cumulative.mean.shape[0]
     with paper_style():
         ax = plot_cumulative(run, by_layer=True)
@@ -165,7 +165,7 @@ def test_by_layer_colour_bar_has_one_colour_per_layer(runs):
 def test_layer_summary_metric_rank90(runs):
     import matplotlib.pyplot as plt
 
-    run = read_run(runs[0])
+    run = SpectrumResult.read(runs[0])
     with paper_style():
         ax = plot_layer_summary([run], metric="rank90")
     ys = np.asarray(ax.get_lines()[0].get_ydata())
@@ -175,7 +175,7 @@ def test_layer_summary_metric_rank90(runs):
 
 
 def test_shared_colour_scale_covers_all_runs(runs):
-    both = [read_run(r) for r in runs]
+    both = [SpectrumResult.read(r) for r in runs]
     lo, hi = shared_limits(both)
     for run in both:
         values = heatmap_values(run)

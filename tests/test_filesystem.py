@@ -22,9 +22,9 @@ from click.testing import CliRunner, Result
 
 from lowrank.cli import main
 from lowrank.errors import LowrankError
+from lowrank.families.spectrum.result import SpectrumResult
+from lowrank.families.spectrum.stats import CODEC, SpectrumStats, stats_arrays
 from lowrank.runs.checkpoints import write_checkpoint
-from lowrank.runs.folders import read_run, stats_arrays
-from lowrank.runs.stats import SpectrumStats
 from lowrank.runs.writing import write_run
 from tests.helpers import SEQ_LEN
 
@@ -220,7 +220,7 @@ def test_spectrum_on_a_failing_disk_keeps_the_earlier_run(
     line = assert_one_error_line(res, str(out), REASONS[code], "nothing was replaced")
     assert faults.fired == 1, line
     assert digest(out) == before  # byte-identical, and no temporary file left behind
-    assert read_run(out).stats.count == 3
+    assert SpectrumResult.read(out).stats.count == 3
 
 
 @pytest.mark.parametrize(("kind", "code", "nth"), RUN_FAULTS)
@@ -282,7 +282,7 @@ def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(
     rng = np.random.default_rng(0)
     s = -np.sort(-rng.random(size=(4, 2, 3, 8)), axis=-1)
     stats = SpectrumStats.empty(2, 3, 8, 2).add(s[:2])
-    write_checkpoint(tmp_path, {"x": 1}, [stats], 2, 4, "lowrank spectrum")
+    write_checkpoint(tmp_path, {"x": 1}, [stats], 2, 4, "lowrank spectrum", CODEC)
     before = digest(tmp_path)
     for kind, code, nth in [
         ("fsync", errno.EIO, 1),
@@ -292,7 +292,9 @@ def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(
         faults.monkeypatch.undo()
         faults.arm(kind, tmp_path, code, nth)
         with pytest.raises(LowrankError, match=r"checkpoint\.(npz|json).*nothing was replaced"):
-            write_checkpoint(tmp_path, {"x": 1}, [stats.add(s[2:])], 4, 4, "lowrank spectrum")
+            write_checkpoint(
+                tmp_path, {"x": 1}, [stats.add(s[2:])], 4, 4, "lowrank spectrum", CODEC
+            )
         assert digest(tmp_path) == before, kind
 
 
@@ -303,11 +305,11 @@ def test_a_rename_that_cannot_be_undone_says_so(tmp_path: Path, faults: Faults) 
     meta = {"format": "lowrank-spectrum", "num_layers": 1, "num_heads": 1, "seq_len": 4}
     meta |= {"model": {"name": "m"}, "corpus": {"dataset": "d"}}
     arrays = stats_arrays(stats) | {"input_ids": np.zeros((2, 4), dtype=np.int64)}
-    write_run(tmp_path / "r", meta, arrays)
+    write_run(tmp_path / "r", meta, arrays, npz="spectrum.npz")
     faults.monkeypatch.setattr(os, "link", _refuse)  # no backup of the old arrays possible
     faults.arm("rename", tmp_path / "r", errno.EIO, nth=2)
     with pytest.raises(LowrankError, match="may mix old and new files: write it again"):
-        write_run(tmp_path / "r", meta | {"num_sequences": 2}, arrays)
+        write_run(tmp_path / "r", meta | {"num_sequences": 2}, arrays, npz="spectrum.npz")
 
 
 def _refuse(*args: Any, **kwargs: Any) -> None:

@@ -10,13 +10,13 @@ import torch
 from click.testing import CliRunner
 
 from lowrank.cli import main
-from lowrank.costs.timing import Measurement, crossover, largest_batch, speedup_table
-from lowrank.projections.linformer import (
+from lowrank.families.efficiency.linformer import (
     ExactSelfAttention,
     LinformerSelfAttention,
     exact_twin,
     linformer_encoder,
 )
+from lowrank.families.efficiency.timing import Measurement, crossover, largest_batch, speedup_table
 
 
 def _identity_linformer(hidden: int = 16, heads: int = 2, n: int = 10) -> LinformerSelfAttention:

@@ -45,7 +45,7 @@ def test_hub_model_not_cached_and_unreachable_fails_fast(monkeypatch, tmp_path):
     start = time.perf_counter()
     with pytest.raises(LowrankError, match="not in the local Hugging Face cache") as info:
         load_model("lowrank-tests/does-not-exist")
-    assert "--model DIR" in str(info.value)
+    assert "model='DIR'" in str(info.value)
     assert "\n" not in str(info.value)
     assert time.perf_counter() - start < 30
 

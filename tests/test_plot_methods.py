@@ -21,13 +21,14 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_rgb
 
 import lowrank
-from lowrank.comparisons.result import CompareResult
-from lowrank.costs.result import EfficiencyResult
 from lowrank.errors import LowrankError
-from lowrank.lengths.result import ScalingResult
+from lowrank.families.compare.result import CompareResult
+from lowrank.families.efficiency.result import EfficiencyResult
+from lowrank.families.project.result import ProjectionResult
+from lowrank.families.scaling.result import ScalingResult
+from lowrank.families.spectrum.result import SpectrumResult
+from lowrank.families.verify.result import VerifyResult
 from lowrank.plots.style import paper_style
-from lowrank.projections.result import ProjectionResult, VerifyResult
-from lowrank.spectra.result import SpectrumResult
 
 matplotlib.use("Agg")  # files only, before the first figure
 
@@ -333,7 +334,7 @@ def test_efficiency_speedup_axis_is_labelled_in_factors(runs, ax):
 
 
 def test_efficiency_figure_counts_layers_and_lists_only_marks_drawn(runs):
-    from lowrank.plots.costs import drawn_marks, efficiency_figure
+    from lowrank.families.efficiency.plots import drawn_marks, efficiency_figure
 
     res = runs["efficiency"]
     with paper_style():
@@ -347,7 +348,7 @@ def test_efficiency_figure_counts_layers_and_lists_only_marks_drawn(runs):
 
 
 def test_compare_families_have_distinct_colours(runs, ax):
-    from lowrank.plots.comparisons import FAMILY_COLOURS, family_style
+    from lowrank.families.compare.plots import FAMILY_COLOURS, family_style
 
     def lab(colour: Any) -> np.ndarray:  # CIELAB, D65 (perceptual distance)
         rgb = np.array(to_rgb(colour))
@@ -408,14 +409,14 @@ def test_in_memory_runs_are_titled_by_the_model_and_your_texts(runs, bert_dir, a
 
 
 def test_layers_panel_names_each_runs_index_when_n_differs(runs, ax):
-    from lowrank.plots.spectrum import plot_layer_summary
+    from lowrank.families.spectrum.plots import plot_layer_summary
 
-    both = [runs["spectrum"].run, runs["spectrum16"].run]  # n = 32 and 16: indices 8 and 4
+    both = [runs["spectrum"], runs["spectrum16"]]  # n = 32 and 16: indices 8 and 4
     plot_layer_summary(both, ax=ax)
     assert ax.get_ylabel().startswith("c at index n/4")
     labels = _legend_labels(ax)
     assert "n = 32: c at 8" in labels[0] and "n = 16: c at 4" in labels[1]
-    same = [runs["spectrum"].run, runs["spectrum"].run]
+    same = [runs["spectrum"], runs["spectrum"]]
     with paper_style():
         _fig, other = plt.subplots()
     plot_layer_summary(same, ax=other)
@@ -424,9 +425,9 @@ def test_layers_panel_names_each_runs_index_when_n_differs(runs, ax):
 
 
 def test_figures_of_several_runs_note_which_heatmap_figure1_shows(runs, tmp_path, caplog):
-    from lowrank.plots.spectrum import write_figures
+    from lowrank.families.spectrum.plots import write_figures
 
-    both = [runs["spectrum"].run, runs["spectrum16"].run]
+    both = [runs["spectrum"], runs["spectrum16"]]
     with caplog.at_level(logging.INFO, logger="lowrank"):
         write_figures(both, tmp_path)
     notes = [r.getMessage() for r in caplog.records if "figure1" in r.getMessage()]

@@ -11,11 +11,17 @@ import torch
 from click.testing import CliRunner
 
 from lowrank.cli import main
+from lowrank.families.project.approximation import (
+    ProjectionSpec,
+    linformer_override,
+    measure,
+    summarize,
+)
+from lowrank.families.project.result import ProjectionResult
 from lowrank.hooks.attention import AttentionCall, capture
 from lowrank.inputs.corpora import build_sequences, load_corpus
 from lowrank.inputs.models import load_model
-from lowrank.projections.approximation import ProjectionSpec, linformer_override, measure, summarize
-from lowrank.projections.sketches import (
+from lowrank.maths.sketches import (
     JL_METHODS,
     SHARING_DESIGN,
     ProjectionBank,
@@ -35,7 +41,6 @@ from lowrank.projections.sketches import (
     row_space_projector,
     theorem1_errors,
 )
-from lowrank.runs.folders import read_projection_run
 from tests.helpers import SEQ_LEN
 
 
@@ -249,7 +254,7 @@ def test_project_command_end_to_end_with_masked_lm_head(tmp_path):
     ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    run = read_projection_run(out)
+    run = ProjectionResult.read(out)
     assert run.methods == ["gaussian", "mean-pool", "svd"]
     assert run.ks.tolist() == [8, 16]
     assert run.rows("theorem2") == [
@@ -270,7 +275,7 @@ def test_project_command_end_to_end_with_masked_lm_head(tmp_path):
         rtol=1e-6,
     )
     assert "theorem2_output-floor_mean" in run.arrays
-    effect = run.meta["model_effect"]
+    effect = run.config["model_effect"]
     assert effect["mode"].startswith("masked-LM")
     kinds = {(r["method"], r["sharing"]) for r in effect["results"]}
     assert kinds == {
@@ -434,7 +439,7 @@ def test_scale_free_error_is_the_error_after_the_best_rescale():
 
 
 def test_sequence_clusters_group_the_draws_of_one_sequence():
-    from lowrank.projections.project import sequence_clusters
+    from lowrank.families.project.workflow import sequence_clusters
 
     # (K, L, H, S) with S = sequences x draws, sequence-major as the sink lays it out
     n_seq, draws = 3, 2
@@ -514,7 +519,8 @@ def test_row_space_basis_of_a_matrix_with_a_zero_row():
 def test_projector_of_a_rank_deficient_sparse_draw_has_k_columns_and_is_a_projector():
     import torch
 
-    from lowrank.projections.sketches import estimator_factors, jl_matrix, seeded_generator
+    from lowrank.core.random import seeded_generator
+    from lowrank.maths.sketches import estimator_factors, jl_matrix
 
     n, k = 64, 32
     seed = next(

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 from lowrank.cli import main
 from lowrank.errors import LowrankError
+from lowrank.families.spectrum import pipeline
+from lowrank.families.spectrum.api import spectrum
+from lowrank.families.spectrum.result import SpectrumResult
 from lowrank.inputs.corpora import load_corpus
-from lowrank.runs.folders import read_run
-from lowrank.spectra import pipeline
-from lowrank.spectra.api import spectrum
 from tests.helpers import SEQ_LEN
 
 
@@ -48,7 +48,7 @@ def _spectrum(model: Path, out: Path, *extra: str):
 
 
 def _assert_same_run(a: Path, b: Path, tol: float = 1e-12) -> None:
-    ra, rb = read_run(a), read_run(b)
+    ra, rb = SpectrumResult.read(a), SpectrumResult.read(b)
     assert ra.stats.count == rb.stats.count
     for name in ("cumulative", "singular_values", "summaries"):
         ma, mb = getattr(ra.stats, name), getattr(rb.stats, name)
@@ -65,7 +65,7 @@ def test_shards_merge_to_the_single_run(roberta_dir, tmp_path):
         res = _spectrum(roberta_dir, out, "--shard", f"{i}/3")
         assert res.exit_code == 0, res.output
         parts.append(str(out))
-    assert read_run(tmp_path / "part-1").stats.count == 3  # 7 sequences: 3 + 2 + 2
+    assert SpectrumResult.read(tmp_path / "part-1").stats.count == 3  # 7 sequences: 3 + 2 + 2
     res = _invoke("merge", *parts, "--out", str(tmp_path / "merged"))
     assert res.exit_code == 0, res.output
     _assert_same_run(tmp_path / "all", tmp_path / "merged")
@@ -136,7 +136,7 @@ def test_out_of_memory_without_auto_batch_names_the_batch_size(roberta_dir, tmp_
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_it_starts(roberta_dir, tmp_path, monkeypatch):
-    from lowrank.spectra import memory
+    from lowrank.families.spectrum import batching as memory
 
     heads, n = 4, SEQ_LEN  # the tiny RoBERTa
     one = memory.batch_bytes(1, heads, n)
@@ -316,7 +316,7 @@ def test_run_reader_raises_only_the_domain_error(good_run, tmp_path_factory, whi
     data = (good_run / which).read_bytes()
     (folder / which).write_bytes(data[: int(len(data) * cut)] + noise)
     try:
-        run = read_run(folder)
+        run = SpectrumResult.read(folder)
     except LowrankError:
         return
     assert run.stats.count == 7  # whatever survived must still be a whole, valid run

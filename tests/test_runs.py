@@ -12,12 +12,16 @@ import numpy as np
 import pytest
 
 from lowrank.errors import LowrankError
+from lowrank.families.spectrum.format import FORMAT as SPECTRUM_FORMAT
+from lowrank.families.spectrum.result import SpectrumResult
+from lowrank.families.spectrum.stats import CODEC, SpectrumStats, stats_arrays
+from lowrank.registry import families, family_of_format
 from lowrank.runs.arrays import ArraySpec, check_arrays
 from lowrank.runs.checkpoints import read_checkpoint, write_checkpoint
-from lowrank.runs.folders import FORMAT, FORMAT_VERSION, read_run, stats_arrays
-from lowrank.runs.schema import FORMAT_VERSIONS, SCHEMAS, validate_meta
-from lowrank.runs.stats import SpectrumStats
+from lowrank.runs.schema import validate_meta
 from lowrank.runs.writing import check_out_dir, csv_bytes, write_run
+
+FORMAT, FORMAT_VERSION = SPECTRUM_FORMAT.name, SPECTRUM_FORMAT.version
 
 
 def _run(tmp_path, name="run"):
@@ -35,13 +39,13 @@ def _run(tmp_path, name="run"):
     }
     arrays = stats_arrays(stats) | {"input_ids": np.zeros((5, 8), dtype=np.int64)}
     out = tmp_path / name
-    write_run(out, meta, arrays)
+    write_run(out, meta, arrays, npz="spectrum.npz")
     return out, stats
 
 
 def test_round_trip_keeps_every_number(tmp_path):
     out, stats = _run(tmp_path)
-    run = read_run(out)
+    run = SpectrumResult.read(out)
     assert run.stats.count == 5 and run.stats.index == 2
     np.testing.assert_array_equal(run.stats.cumulative.mean, stats.cumulative.mean)
     np.testing.assert_array_equal(run.stats.cumulative.m2, stats.cumulative.m2)
@@ -57,23 +61,23 @@ def test_damaged_run_folders_are_named_in_one_line(tmp_path):
     data = (out / "spectrum.npz").read_bytes()
     (out / "spectrum.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(LowrankError, match="corrupted or truncated"):
-        read_run(out)
+        SpectrumResult.read(out)
     out2, _ = _run(tmp_path, "run2")
     text = (out2 / "run.json").read_text()
     (out2 / "run.json").write_text(text[:20])
     with pytest.raises(LowrankError, match="not valid JSON"):
-        read_run(out2)
+        SpectrumResult.read(out2)
     with pytest.raises(LowrankError, match="does not exist"):
-        read_run(tmp_path / "nothing")
+        SpectrumResult.read(tmp_path / "nothing")
     (tmp_path / "plain").mkdir()
     with pytest.raises(LowrankError, match=r"no run\.json"):
-        read_run(tmp_path / "plain")
+        SpectrumResult.read(tmp_path / "plain")
     out3, _ = _run(tmp_path, "run3")
     meta = json.loads((out3 / "run.json").read_text())
     meta["seq_len"] = 9
     (out3 / "run.json").write_text(json.dumps(meta))
     with pytest.raises(LowrankError, match="shape"):
-        read_run(out3)
+        SpectrumResult.read(out3)
 
 
 def test_check_out_dir_protects_other_runs_and_foreign_files(tmp_path):
@@ -108,18 +112,33 @@ def test_a_newer_format_version_is_refused_naming_who_wrote_it(tmp_path):
     out, _ = _run(tmp_path)
     _rewrite(out, _meta(out) | {"format_version": 2, "versions": {"lowrank": "9.9.0"}})
     with pytest.raises(LowrankError) as info:
-        read_run(out)
+        SpectrumResult.read(out)
     assert str(info.value) == (
         f"'{out / 'run.json'}' was written by lowrank 9.9.0 (format version 2); this lowrank "
         f"{lowrank.__version__} reads format version <=1: upgrade lowrank"
     )
     _rewrite(out, _meta(out) | {"format_version": FORMAT_VERSION})
-    assert read_run(out).stats.count == 5  # the version this lowrank writes is read
+    assert SpectrumResult.read(out).stats.count == 5  # the version this lowrank writes is read
 
 
-def test_every_run_kind_has_a_schema_and_a_version():
-    assert set(FORMAT_VERSIONS) == set(SCHEMAS)
-    assert FORMAT_VERSIONS[FORMAT] == FORMAT_VERSION
+def test_every_family_declares_one_format_its_result_reads_and_writes():
+    names = [f.format for f in families()]
+    assert len(set(names)) == len(names)  # one family per format
+    for family in families():
+        result = family.load_result()
+        assert result.FORMAT.name == family.format  # the result type reads its family's runs
+        assert family_of_format(family.format) is family
+        assert result.FORMAT.version >= 1 and result.FORMAT.npz.endswith(".npz")
+
+
+def _validate(meta, fmt, path):
+    """Validate ``meta`` against the schema and version of the family of format ``fmt``."""
+    found = family_of_format(fmt).load_result().FORMAT
+    validate_meta(meta, found.schema, found.version, path)
+
+
+def _newest(fmt):
+    return family_of_format(fmt).load_result().FORMAT.version
 
 
 @pytest.mark.parametrize(
@@ -145,7 +164,7 @@ def test_a_wrong_field_is_named_in_one_line(tmp_path, change, message):
     out, _ = _run(tmp_path)
     _rewrite(out, _meta(out) | change)
     with pytest.raises(LowrankError) as info:
-        read_run(out)
+        SpectrumResult.read(out)
     assert str(info.value).startswith(f"'{out / 'run.json'}': ")
     assert message in str(info.value) and "\n" not in str(info.value)
 
@@ -154,14 +173,14 @@ def test_fields_no_reader_uses_are_kept_and_not_checked(tmp_path):
     out, _ = _run(tmp_path)
     extra = {"created": 5, "notes": [1, "two"], "model": {"name": "m", "extra": {"x": None}}}
     _rewrite(out, _meta(out) | extra)
-    assert read_run(out).meta["notes"] == [1, "two"]
+    assert SpectrumResult.read(out).config["notes"] == [1, "two"]
 
 
 def test_a_run_of_another_kind_says_which_kind_it_is(tmp_path):
     out, _ = _run(tmp_path)
     _rewrite(out, _meta(out) | {"format": "lowrank-compare"})
     with pytest.raises(LowrankError, match="is a lowrank-compare run, not a lowrank-spectrum run"):
-        read_run(out)
+        SpectrumResult.read(out)
 
 
 _ANALYSIS = {
@@ -190,19 +209,19 @@ MINIMAL = {
 @pytest.mark.parametrize("fmt", sorted(MINIMAL))
 def test_each_run_kind_needs_the_fields_its_readers_use(tmp_path, fmt):
     meta = {"format": fmt} | MINIMAL[fmt]
-    validate_meta(meta, fmt, tmp_path / "run.json")  # the fields readers use are enough
+    _validate(meta, fmt, tmp_path / "run.json")  # the fields readers use are enough
     for key in MINIMAL[fmt]:
         with pytest.raises(LowrankError, match=f"{key} is missing"):
-            validate_meta({k: v for k, v in meta.items() if k != key}, fmt, tmp_path)
+            _validate({k: v for k, v in meta.items() if k != key}, fmt, tmp_path)
     with pytest.raises(LowrankError, match="upgrade lowrank"):
-        validate_meta(meta | {"format_version": FORMAT_VERSIONS[fmt] + 1}, fmt, tmp_path)
+        _validate(meta | {"format_version": _newest(fmt) + 1}, fmt, tmp_path)
 
 
 def test_efficiency_hardware_must_name_a_gpu_or_a_processor(tmp_path):
     meta = {"format": "lowrank-efficiency"} | MINIMAL["lowrank-efficiency"]
-    validate_meta(meta | {"hardware": {"gpu": "H100"}}, "lowrank-efficiency", tmp_path)
+    _validate(meta | {"hardware": {"gpu": "H100"}}, "lowrank-efficiency", tmp_path)
     with pytest.raises(LowrankError, match="neither a gpu nor a processor"):
-        validate_meta(meta | {"hardware": {"processor": "x"}}, "lowrank-efficiency", tmp_path)
+        _validate(meta | {"hardware": {"processor": "x"}}, "lowrank-efficiency", tmp_path)
 
 
 # --- arrays: dtype, shape and finiteness against run.json ----------------------------------
@@ -239,7 +258,7 @@ def test_a_damaged_array_is_named_in_one_line(tmp_path, name, change, message):
     arrays[name] = change(arrays[name])
     _rewrite_npz(out, arrays)
     with pytest.raises(LowrankError) as info:
-        read_run(out)
+        SpectrumResult.read(out)
     assert str(info.value).startswith(f"'{out / 'spectrum.npz'}': {name} ")
     assert message in str(info.value)
 
@@ -250,7 +269,7 @@ def test_a_missing_array_is_named(tmp_path):
     del arrays["cumulative_m2"], arrays["input_ids"]
     _rewrite_npz(out, arrays)
     with pytest.raises(LowrankError, match="lacks arrays cumulative_m2, input_ids"):
-        read_run(out)
+        SpectrumResult.read(out)
 
 
 def test_float32_statistics_and_a_boolean_mask_are_still_a_valid_run(tmp_path):
@@ -260,7 +279,7 @@ def test_float32_statistics_and_a_boolean_mask_are_still_a_valid_run(tmp_path):
         arrays[name] = arrays[name].astype(np.float32)
     arrays["attention_mask"] = np.ones((5, 8), dtype=bool)
     _rewrite_npz(out, arrays)
-    run = read_run(out)
+    run = SpectrumResult.read(out)
     assert run.stats.cumulative.mean.dtype == np.float64
     np.testing.assert_allclose(run.stats.cumulative.mean, stats.cumulative.mean, rtol=1e-6)
     assert run.attention_mask is not None and run.attention_mask.all()
@@ -300,7 +319,7 @@ def _checkpoint(tmp_path, counts=(3,), next_index=None, total=9):
         parts.append(SpectrumStats.empty(2, 3, 8, 2).add(s))
     identity = {"seq_len": 8}
     done = sum(counts) if next_index is None else next_index
-    write_checkpoint(tmp_path, identity, parts, done, total, "lowrank spectrum")
+    write_checkpoint(tmp_path, identity, parts, done, total, "lowrank spectrum", CODEC)
     return identity
 
 
@@ -331,10 +350,10 @@ def test_a_damaged_checkpoint_is_one_line_saying_how_to_start_again(tmp_path, ed
     identity = _checkpoint(tmp_path)
     _edit_checkpoint(tmp_path, edit)
     with pytest.raises(LowrankError) as info:
-        read_checkpoint(tmp_path, identity)
+        read_checkpoint(tmp_path, identity, CODEC)
     text = str(info.value)
     assert message in text and "checkpoint.npz" in text and "\n" not in text
-    assert text.endswith("pass --overwrite (not --resume) to start again")
+    assert text.endswith("pass overwrite=True (not resume=True) to start again")
 
 
 @pytest.mark.parametrize(
@@ -354,24 +373,24 @@ def test_a_damaged_checkpoint_json_is_refused_by_resume_and_by_the_out_check(
     identity = _checkpoint(tmp_path)
     (tmp_path / "checkpoint.json").write_text(text)
     for check in (
-        lambda: read_checkpoint(tmp_path, identity),
+        lambda: read_checkpoint(tmp_path, identity, CODEC),
         lambda: check_out_dir(tmp_path, identity, overwrite=False, resume=True),
     ):
         with pytest.raises(LowrankError) as info:
             check()
-        assert message in str(info.value) and "--overwrite" in str(info.value)
+        assert message in str(info.value) and "overwrite=True" in str(info.value)
     check_out_dir(tmp_path, identity, overwrite=True)  # --overwrite starts again
 
 
 def test_checkpoints_of_several_ranks_and_a_known_run_length_are_checked(tmp_path):
     identity = _checkpoint(tmp_path, counts=(2, 3))
-    parts, next_index = read_checkpoint(tmp_path, identity)
+    parts, next_index = read_checkpoint(tmp_path, identity, CODEC)
     assert [p.count for p in parts] == [2, 3] and next_index == 5
     with pytest.raises(LowrankError, match="next_index holds 5, above its maximum 4"):
-        read_checkpoint(tmp_path, identity, sequences=4)
+        read_checkpoint(tmp_path, identity, CODEC, sequences=4)
     _edit_checkpoint(tmp_path, lambda a: a["rank1.cumulative_m2"].fill(-1.0))
     with pytest.raises(LowrankError, match=r"checkpoint.npz, rank 1,': cumulative_m2 holds -1"):
-        read_checkpoint(tmp_path, identity)
+        read_checkpoint(tmp_path, identity, CODEC)
 
 
 # --- the output folder and its writes --------------------------------------------------------
@@ -394,7 +413,13 @@ def test_write_run_replaces_a_run_whole_and_leaves_no_temporary_files(tmp_path):
     out, _ = _run(tmp_path)
     arrays = _arrays(out)
     table = [{"k": 1, "rate": 0.5}, {"k": 2, "rate": 0.25}]
-    write_run(out, _meta(out) | {"num_sequences": 5}, arrays, files={"t.csv": csv_bytes(table)})
+    write_run(
+        out,
+        _meta(out) | {"num_sequences": 5},
+        arrays,
+        npz="spectrum.npz",
+        files={"t.csv": csv_bytes(table)},
+    )
     assert (out / "t.csv").read_text().splitlines() == ["k,rate", "1,0.5", "2,0.25"]
     assert _meta(out)["num_sequences"] == 5
     assert sorted(p.name for p in out.iterdir()) == ["run.json", "spectrum.npz", "t.csv"]
@@ -403,7 +428,7 @@ def test_write_run_replaces_a_run_whole_and_leaves_no_temporary_files(tmp_path):
 def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(LowrankError, match=r"cannot create the folder .* is a file, not a folder"):
-        write_run(tmp_path / "file" / "run", {"format": FORMAT}, {"a": np.zeros(2)})
+        write_run(tmp_path / "file" / "run", {"format": FORMAT}, {"a": np.zeros(2)}, npz="x.npz")
     assert (tmp_path / "file").read_text() == "x"
 
 
@@ -411,7 +436,7 @@ def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
 
 
 def test_merge_names_the_damaged_part(tmp_path):
-    from lowrank.runs.merge import merge_folders
+    from lowrank.families.spectrum.merge import merge_folders
 
     good, _ = _run(tmp_path, "a")
     bad, _ = _run(tmp_path, "b")

@@ -15,24 +15,20 @@ from click.testing import CliRunner
 
 from lowrank.cli import main
 from lowrank.errors import LowrankError
-from lowrank.hooks.attention import AttentionCall, capture
-from lowrank.inputs.models import load_model
-from lowrank.lengths.fits import (
+from lowrank.families.scaling.collect import ScalingCollector, choose_batch, estimate_bytes
+from lowrank.families.scaling.fits import aic, bootstrap_indices, fit, plus_minus, verdict
+from lowrank.families.scaling.measures import (
     ALL_MEASURES,
     MEASURES,
-    aic,
-    bootstrap_indices,
-    fit,
     nested_windows,
     output_rank,
-    plus_minus,
     rank_measures,
-    verdict,
 )
-from lowrank.lengths.result import read_scaling_run
-from lowrank.lengths.sink import ScalingSink, choose_batch, estimate_bytes
-from lowrank.runs.folders import read_run
-from lowrank.spectra.pipeline import analyse
+from lowrank.families.scaling.result import ScalingResult
+from lowrank.families.spectrum.pipeline import analyse
+from lowrank.families.spectrum.result import SpectrumResult
+from lowrank.hooks.attention import AttentionCall, capture
+from lowrank.inputs.models import load_model
 from tests.helpers import reference_cumulative
 
 NS = (8, 16, 32, 64)
@@ -190,7 +186,7 @@ def test_sink_keeps_float64_singular_values_of_pv():
     torch.manual_seed(1)
     probs = torch.softmax(torch.randn(2, 3, 10, 10), dim=-1)
     value = torch.randn(2, 3, 10, 4)
-    sink = ScalingSink(2, 1, 3, 10)
+    sink = ScalingCollector(2, 1, 3, 10)
     sink(AttentionCall(0, probs, value, value, value, None, torch.nn.Identity()))
     want = np.linalg.svd(probs.double().numpy() @ value.double().numpy(), compute_uv=False)
     assert sink.outputs is not None and sink.outputs.dtype == torch.float64
@@ -202,7 +198,7 @@ def test_sink_keeps_float64_singular_values_of_pv():
 def test_no_layer_keeps_its_p_after_its_call(bert_dir):
     """Memory stays flat in depth: each layer's P is gone before the next layer runs."""
     loaded = load_model(str(bert_dir))
-    inner = ScalingSink(2, loaded.num_layers, loaded.num_heads, 32)
+    inner = ScalingCollector(2, loaded.num_layers, loaded.num_heads, 32)
     refs: list[weakref.ref] = []
 
     def sink(call: AttentionCall) -> None:
@@ -270,16 +266,19 @@ def test_scaling_writes_one_spectrum_run_per_n(tiny_scaling, bert_dir):
     loaded = load_model(str(bert_dir))
     ids = {}
     for n in NS:
-        run = read_run(out / f"n{n}")
-        assert run.meta["format"] == "lowrank-spectrum" and run.seq_len == n
-        assert run.meta["causal"] is False and run.stats.count == DOCS
-        assert run.meta["sequence_policy"]["policy"] == "nested"
+        run = SpectrumResult.read(out / f"n{n}")
+        assert run.config["format"] == "lowrank-spectrum" and run.seq_len == n
+        assert run.config["causal"] is False and run.stats.count == DOCS
+        assert run.config["sequence_policy"]["policy"] == "nested"
         ids[n] = run.input_ids
         # the same statistics as the spectrum pipeline on the same sequences ...
         from lowrank.inputs.corpora import Sequences
 
         seqs = Sequences(run.input_ids, np.full(DOCS, n))
-        spectrum = analyse(loaded, seqs, run.stats.index, batch_size=3).stats
+        # at the run's own batch size: float32 forward passes of other batch shapes differ
+        # by rounding (~1e-8 in c), which the run's numbers must not hide behind
+        batch = int(run.config["batch_size"])
+        spectrum = analyse(loaded, seqs, run.stats.index, batch_size=batch).stats
         assert np.abs(run.stats.cumulative.mean - spectrum.cumulative.mean).max() <= 1e-12
         assert np.abs(run.stats.summaries.mean - spectrum.summaries.mean).max() <= 1e-12
         # ... and as output_attentions=True with numpy's SVD
@@ -297,10 +296,10 @@ def test_scaling_summary_matches_the_runs(tiny_scaling):
     assert meta["causal"] is False and meta["documents"]["fit"] == DOCS
     assert meta["runs"] == {str(n): f"n{n}" for n in NS}
     assert "--seq-len 8,16,32,64 " in meta["command"]  # the command reproduces the run
-    run = read_scaling_run(out)
+    run = ScalingResult.read(out)
     layers = run.arrays["rank90"].shape[2]
     for s, n in enumerate(NS):
-        spectrum = read_run(out / f"n{n}")
+        spectrum = SpectrumResult.read(out / f"n{n}")
         for k, name in ((1, "rank90"), (2, "rank99"), (3, "effective_rank"), (4, "stable_rank")):
             per_doc = run.arrays[name][s]  # (D, L, H)
             assert np.allclose(per_doc.mean(axis=0), spectrum.stats.summaries.mean[..., k])
@@ -358,10 +357,9 @@ def test_precision_stops_each_n_and_fits_the_shared_documents(bert_dir, tmp_path
 
 @pytest.mark.slow
 def test_scaling_figures_are_drawn(tiny_scaling):
-    from lowrank.plots.lengths import plot_scaling_folder
 
     out, _ = tiny_scaling
-    written = plot_scaling_folder(out)
+    written = ScalingResult.read(out).draw()
     names = {p.name for p in written}
     assert {f"scaling_{m}.pdf" for m in MEASURES} <= names
     assert {"scaling_c_curves.pdf", "scaling_c_curves.png"} <= names

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from lowrank.spectra.maths import (
+from lowrank.maths.spectra import (
     SUMMARY_NAMES,
     cumulative,
     effective_rank,

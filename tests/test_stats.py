@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lowrank.runs.stats import RunningMoments, SpectrumStats
+from lowrank.families.spectrum.stats import SpectrumStats
+from lowrank.maths.stats import RunningMoments
 
 
 def test_moments_equal_numpy_mean_and_sample_variance():

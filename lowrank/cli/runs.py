@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +14,7 @@ from lowrank.cli.common import (
     main,
 )
 from lowrank.errors import LowrankError
+from lowrank.registry import family_of_format, load
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,25 +48,37 @@ if TYPE_CHECKING:
 def figures(
     runs: tuple[Path, ...], out: Path, by_layer: bool, heatmap_run: int, layer_metric: str
 ) -> None:
-    """Paper-style figures from saved run folders: Figure 1 and its companions.
+    """Paper-style figures from saved run folders of any command, into --out.
 
-    Draws, from the run folders alone (no model, no corpus): per run, the cumulative
-    spectrum panel (spectrum_*.pdf/png) and the layer x head heatmap of c at index 128 on a
-    colour scale shared by all runs (heatmap_*); the per-layer summary with one line per run
-    (layers); and the combined Figure 1 (figure1): spectrum panels next to a heatmap.
+    Each run is drawn by its family, from the folder alone (no model, no corpus). Spectrum
+    runs together: per run, the cumulative spectrum panel (spectrum_*.pdf/png) and the
+    layer x head heatmap of c at index 128 on a colour scale shared by all runs (heatmap_*);
+    the per-layer summary with one line per run (layers); and the combined Figure 1
+    (figure1): spectrum panels next to a heatmap. Runs of the other commands: the figures
+    their --plot draws (several runs of one command go to one subfolder each).
     """
-    from lowrank.plots.spectrum import LayerMetric, read_runs, write_figures
+    import inspect
+
     from lowrank.runs.writing import check_writable
 
     check_writable(out)
-    loaded = read_runs(runs)
+    loaded = [load(run) for run in runs]
     if heatmap_run > len(loaded):
         raise LowrankError(f"--heatmap-run {heatmap_run}: only {len(loaded)} runs were given")
     if heatmap_run != 1:
         loaded.insert(0, loaded.pop(heatmap_run - 1))
-    metric = cast("LayerMetric", layer_metric)
-    for path in write_figures(loaded, out, by_layer=by_layer, layer_metric=metric):
-        click.echo(f"figure: {path}")
+    choices = {"by_layer": by_layer, "layer_metric": layer_metric}
+    by_family: dict[str, list[Any]] = {}
+    for result in loaded:
+        by_family.setdefault(result.FORMAT.name, []).append(result)
+    for fmt, results in by_family.items():
+        family = family_of_format(fmt)
+        draw = family.load_figures() if family is not None else None
+        if draw is None:
+            raise LowrankError(f"runs of format {fmt!r} have no figures")
+        accepted = inspect.signature(draw).parameters
+        for path in draw(results, out, **{k: v for k, v in choices.items() if k in accepted}):
+            click.echo(f"figure: {path}")
 
 
 @main.command()
@@ -82,7 +95,7 @@ def merge(parts: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     the run over all sequences at once (up to float64 rounding). Runs of different models,
     corpora, n or sequence policies are refused.
     """
-    from lowrank.spectra.api import merge as merge_runs
+    from lowrank.families.spectrum.api import merge as merge_runs
 
     command = command_line(click.get_current_context())
     res = merge_runs(parts, out, overwrite, command=command)
@@ -142,7 +155,5 @@ def summary(run: Path, at: int | None, fmt: str) -> None:
     Reads any run folder (lowrank.load) and prints its summary(at=...) as an aligned table,
     CSV, Markdown or JSON records; no model or corpus is needed.
     """
-    from lowrank.runs.result import load
-
     table = load(run).summary(at=at) if at is not None else load(run).summary()
     click.echo(FORMATS[fmt](table))

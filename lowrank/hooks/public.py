@@ -158,7 +158,7 @@ def capture(
     import torch
 
     from lowrank.hooks.attention import capture as route
-    from lowrank.inputs.memory import preserved
+    from lowrank.inputs.objects import preserved
 
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "set_attn_implementation"):
         raise LowrankError(

@@ -1,16 +1,17 @@
 """Configuration: frozen dataclasses with commented defaults, and the named choices.
 
-Every string-valued choice is a ``Literal`` type; the CLI builds its ``click.Choice`` lists
-from ``typing.get_args`` so the two can never drift apart.
+Every string-valued choice is a ``Literal`` type; the option declarations
+(:mod:`lowrank.inputs.options`) take their choices from ``typing.get_args``, so the two can
+never drift apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
-
-from lowrank.errors import LowrankError
-from lowrank.inputs.options import check_choices, check_int, check_seed, check_seq_len
+from typing import Any, Literal
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["float32", "float16", "bfloat16"]
@@ -64,8 +65,9 @@ def heatmap_index(seq_len: int) -> int:
 
 
 @dataclass(frozen=True)
-class SpectrumConfig:
-    """Everything that determines the numbers of a ``lowrank spectrum`` run."""
+class InputConfig:
+    """The model, the corpus and how it is cut into sequences: what every analysis of a
+    model and a corpus starts from (and records in run.json's ``config``)."""
 
     model: str = "minilm"  # preset name, hub id, or local model directory
     dataset: DatasetName | None = None  # None: inferred from `data`, else "sample-wiki"
@@ -80,6 +82,21 @@ class SpectrumConfig:
     device: Device = "auto"
     dtype: DType = "float32"
 
+    @classmethod
+    def of(cls, values: Mapping[str, Any], **fields: Any) -> InputConfig:
+        """The config of a command's option values, already checked by its declaration
+        (:meth:`lowrank.core.options.Options.check`); ``fields`` override them. A model or
+        data object is named later by :func:`lowrank.inputs.objects.settle_config`."""
+        given = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
+        given = {k: v for k, v in given.items() if v is not None or k in _NULLABLE}
+        if not isinstance(given.get("model", ""), str):
+            given["model"] = "model"
+        if "data" in given and not isinstance(given["data"], str):
+            given["data"] = (
+                os.fspath(given["data"]) if isinstance(given["data"], os.PathLike) else None
+            )
+        return cls(**(given | fields))
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -93,50 +110,4 @@ class SpectrumConfig:
         }
 
 
-def checked_config(
-    *,
-    model: str = "model",
-    dataset: str | None = None,
-    data: str | None = None,
-    split: str = "test",
-    seq_len: int = PAPER_SEQ_LEN,
-    num_sequences: int = PAPER_NUM_SEQUENCES,
-    batch_size: int = 8,
-    seed: int | None = None,
-    policy: str = "auto",
-    keep_short: bool = False,
-    device: str = "auto",
-    dtype: str = "float32",
-) -> SpectrumConfig:
-    """A :class:`SpectrumConfig` from the model and corpus options every analysis shares,
-    each checked with the CLI's one-line message (the one place these checks live).
-
-    Raises:
-        LowrankError: an option out of range or not one of its choices.
-    """
-    check_seq_len("--seq-len", seq_len)
-    check_int("--num-sequences", num_sequences, low=1)
-    check_int("--batch-size", batch_size, low=1)
-    if seed is not None:
-        check_seed("--seed", seed)
-    check_choices("--device", [device], get_args(Device))
-    check_choices("--dtype", [dtype], get_args(DType))
-    check_choices("--policy", [policy], get_args(Policy))
-    if dataset is not None:
-        check_choices("--dataset", [dataset], get_args(DatasetName))
-    if not isinstance(split, str) or not split:
-        raise LowrankError(f"--split {split!r}: give a split name such as 'test'")
-    return SpectrumConfig(
-        model=model,
-        dataset=dataset,  # type: ignore[arg-type]
-        data=data,
-        split=split,
-        seq_len=seq_len,
-        num_sequences=num_sequences,
-        batch_size=batch_size,
-        seed=seed,
-        policy=policy,  # type: ignore[arg-type]
-        keep_short=bool(keep_short),
-        device=device,  # type: ignore[arg-type]
-        dtype=dtype,  # type: ignore[arg-type]
-    )
+_NULLABLE = ("dataset", "data", "seed")

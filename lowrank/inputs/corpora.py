@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from lowrank.core.options import flag, named
 from lowrank.errors import LowrankError
 from lowrank.inputs import reading
 from lowrank.inputs.config import DatasetName, Policy
@@ -155,7 +156,7 @@ def _wiki_file(folder: Path, split: str) -> Path:
             return candidate
     raise LowrankError(
         f"'{folder}' holds no wiki.{split}.raw or wiki.{split}.tokens: pass the WikiText file "
-        "itself with --data, or the --split it holds"
+        f"itself with {flag('data')}, or the {flag('split')} it holds"
     )
 
 
@@ -173,7 +174,7 @@ def _load_hub(dataset: str, split: str) -> Corpus:
         if not reachable:
             raise LowrankError(
                 f"dataset '{dataset}' ({repo}) is not in the local cache and the hub cannot be "
-                "reached: pass a local copy with --data ("
+                f"reached: pass a local copy with {flag('data')} ("
                 + (
                     "a wiki.test.raw file or its folder"
                     if dataset == "wiki103"
@@ -184,7 +185,7 @@ def _load_hub(dataset: str, split: str) -> Corpus:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise LowrankError(
             f"could not load dataset '{dataset}' ({repo}, split '{split}') from the hub: "
-            f"{first}; pass a local copy with --data"
+            f"{first}; pass a local copy with {flag('data')}"
         ) from exc
     if dataset == "wiki103":
         return Corpus(dataset, "articles", repo, split, split_articles("\n".join(ds["text"])))
@@ -232,7 +233,7 @@ def load_corpus(dataset: DatasetName | None, data: str | None, split: str = "tes
             corpus = _load_hub(dataset, split)
             return _nonempty(corpus)
         else:
-            raise LowrankError(f"dataset '{dataset}' needs a file: pass --data PATH")
+            raise LowrankError(f"dataset '{dataset}' needs a file: pass {flag('data')} PATH")
     if dataset in ("wiki103", "sample-wiki", "text"):
         file = _wiki_file(path, split) if path.is_dir() else path
         corpus = Corpus(dataset, "articles", str(file), split, split_articles(read_text(file)))
@@ -298,7 +299,9 @@ def build_sequences(
     prefix, suffix = special_tokens(tokenizer)
     body = seq_len - len(prefix) - len(suffix)
     if body < 1:
-        raise LowrankError(f"--seq-len {seq_len} leaves no room for text after special tokens")
+        raise LowrankError(
+            f"{named('seq_len', seq_len)} leaves no room for text after special tokens"
+        )
     if padding_side not in ("right", "left"):
         raise LowrankError(f"padding side '{padding_side}': use 'right' or 'left'")
     chosen = policy if policy != "auto" else ("pack" if corpus.kind == "articles" else "document")
@@ -318,7 +321,7 @@ def build_sequences(
             raise LowrankError(
                 f"corpus '{corpus.source}' has {len(stream)} tokens, fewer than one sequence of "
                 f"{body} (+{len(prefix) + len(suffix)} special): use a longer corpus or a "
-                "smaller --seq-len"
+                f"smaller {flag('seq_len')}"
             )
         idx = _choose(available, num_sequences, seed)
         windows = stream[: available * body].reshape(available, body)[idx]
@@ -333,7 +336,8 @@ def build_sequences(
         if not keep:
             raise LowrankError(
                 f"no document of corpus '{corpus.source}' has {body} tokens (+special) for "
-                f"--seq-len {seq_len}: use a smaller --seq-len or --keep-short"
+                f"{named('seq_len', seq_len)}: use a smaller {flag('seq_len')} or "
+                f"{flag('keep_short')}"
             )
         idx = _choose(len(keep), num_sequences, seed)
         ids = np.full((len(idx), seq_len), pad_id, dtype=np.int64)

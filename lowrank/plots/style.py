@@ -8,10 +8,10 @@ them (:func:`merged_legend`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+R = TypeVar("R")
 SINGLE_COLUMN = 3.4  # inches: one column of a two-column paper
 DOUBLE_COLUMN = 7.0
 
@@ -197,7 +198,6 @@ def readable_log_ticks(
     axis_obj.set_minor_formatter(NullFormatter())
 
 
-# path components that say nothing about which model a folder holds
 def save(fig: Figure, path: Path) -> list[Path]:
     """Write ``path.pdf`` and ``path.png`` (300 dpi), both or neither, and close the figure.
 
@@ -218,3 +218,16 @@ def save(fig: Figure, path: Path) -> list[Path]:
     finally:
         plt.close(fig)
     return targets
+
+
+def per_run(results: Sequence[R], out: Path) -> list[tuple[R, Path]]:
+    """Where each run's figures go: ``out`` itself for one run, ``out/<name>`` for several
+    (named after their folders, made unique), so that figures of two runs never collide."""
+    if len(results) == 1:
+        return [(results[0], out)]
+    names: list[str] = []
+    for index, result in enumerate(results, 1):
+        path = getattr(result, "path", None)
+        name = Path(path).name if path is not None else f"run{index}"
+        names.append(name if name not in names else f"{name}-{index}")
+    return [(result, out / name) for result, name in zip(results, names, strict=True)]

@@ -1,36 +1,74 @@
-"""Checkpoints of a partial ``lowrank spectrum`` run: written atomically, validated on resume."""
+"""Checkpoints of a partial run: each rank's accumulators, written atomically, validated
+on resume.
+
+The accumulators are the family's own (a spectrum run's moments, ...); a :class:`Codec` the
+family hands over turns them into named arrays and back, checking what it reads, so this
+module knows no family.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from lowrank.errors import LowrankError
-from lowrank.runs.arrays import check_arrays, stats_array_spec
+from lowrank.runs.arrays import ArraySpec, check_arrays
 from lowrank.runs.folders import (
     CHECKPOINT_JSON,
     CHECKPOINT_NPZ,
-    RESTART_ADVICE,
     read_checkpoint_info,
     read_npz,
-    stats_arrays,
-    stats_from_arrays,
+    restart_advice,
 )
-from lowrank.runs.stats import SpectrumStats
 from lowrank.runs.writing import bytes_writer, json_bytes, write_files
 
-# --- checkpoints --------------------------------------------------------------------------
+T = TypeVar("T")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run; ``str(exc)`` says what was kept and how to resume.
+
+    Attributes:
+        checkpoint: the checkpoint file holding the finished sequences, or None.
+    """
+
+    def __init__(self, message: str, checkpoint: Path | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Codec(Protocol[T]):
+    """How a family's accumulators are stored in a checkpoint."""
+
+    def encode(self, part: T) -> dict[str, np.ndarray]:
+        """One rank's accumulators as named arrays."""
+        ...
+
+    def decode(
+        self, path: Path, split: list[dict[str, np.ndarray]], identity: dict[str, Any]
+    ) -> list[T]:
+        """Each rank's accumulators from its arrays (rank order), checked first: raise a
+        LowrankError naming ``path`` and the array at fault."""
+        ...
+
+    def count(self, part: T) -> int:
+        """Sequences one rank's accumulators hold."""
+        ...
 
 
 def write_checkpoint(
     out: Path,
     identity: dict[str, Any],
-    parts: list[SpectrumStats],
+    parts: list[T],
     next_index: int,
     total: int,
     command: str,
+    codec: Codec[T],
 ) -> None:
     """Save each rank's accumulators and the next sequence index atomically (npz, then json).
 
@@ -45,10 +83,10 @@ def write_checkpoint(
         "world_size": np.array(len(parts)),
     }
     if len(parts) == 1:
-        arrays |= stats_arrays(parts[0])
+        arrays |= codec.encode(parts[0])
     else:
-        for rank, stats in enumerate(parts):
-            arrays |= {f"rank{rank}.{k}": v for k, v in stats_arrays(stats).items()}
+        for rank, part in enumerate(parts):
+            arrays |= {f"rank{rank}.{k}": v for k, v in codec.encode(part).items()}
     info = {
         "identity": identity,
         "next_index": next_index,
@@ -66,14 +104,13 @@ def write_checkpoint(
 
 
 def read_checkpoint(
-    out: Path, identity: dict[str, Any], sequences: int | None = None
-) -> tuple[list[SpectrumStats], int] | None:
+    out: Path, identity: dict[str, Any], codec: Codec[T], sequences: int | None = None
+) -> tuple[list[T], int] | None:
     """Each rank's accumulators (rank order) and the next index of a partial run, if any.
 
-    Both files are validated before use: the json's schema, the npz's arrays (dtype, the
-    one shape every part shares, finite moments, non-negative m2 and counts), and the
-    counts (together at most ``next_index``, which is at most the run's ``total`` and, when
-    given, ``sequences``).
+    Both files are validated before use: the json's schema, the npz's arrays (by the
+    ``codec``: dtypes, shapes, ranges), and the counts (together at most ``next_index``,
+    which is at most the run's ``total`` and, when given, ``sequences``).
 
     Raises:
         LowrankError: a checkpoint of another configuration, or a damaged one (one line
@@ -88,17 +125,20 @@ def read_checkpoint(
     try:
         data = read_npz(path)
         total = min(t for t in (info.get("total"), sequences, 2**62) if t is not None)
-        parts, next_index = _checkpoint_parts(path, data, info, identity, total)
+        parts, next_index = _checkpoint_parts(path, data, info, identity, total, codec)
     except LowrankError as exc:
-        raise LowrankError(f"{exc}{RESTART_ADVICE}") from None
+        raise LowrankError(f"{exc}{restart_advice()}") from None
     return parts, next_index
 
 
 def _checkpoint_parts(
-    path: Path, data: dict[str, np.ndarray], info: dict[str, Any], identity: Any, total: int
-) -> tuple[list[SpectrumStats], int]:
-    from lowrank.runs.arrays import ArraySpec
-
+    path: Path,
+    data: dict[str, np.ndarray],
+    info: dict[str, Any],
+    identity: Any,
+    total: int,
+    codec: Codec[T],
+) -> tuple[list[T], int]:
     head = {
         "next_index": ArraySpec("int", (), minimum=0, maximum=total, required=False),
         "world_size": ArraySpec("int", (), minimum=1, maximum=2**16, required=False),
@@ -115,21 +155,9 @@ def _checkpoint_parts(
             {k.partition(".")[2]: v for k, v in data.items() if k.startswith(f"rank{r}.")}
             for r in range(world)
         ]
-    first = split[0].get("cumulative_mean")
-    if first is None or first.ndim != 3:
-        raise LowrankError(f"'{path}' lacks a [layers, heads, n] cumulative_mean")
-    layers, heads, n = first.shape
-    seq_len = identity.get("seq_len") if isinstance(identity, dict) else None
-    if isinstance(seq_len, int) and n != seq_len:
-        raise LowrankError(f"'{path}': cumulative_mean has n = {n}, the run has {seq_len}")
-    index = None
-    for rank, arrays in enumerate(split):
-        where = path if world == 1 else Path(f"{path}, rank {rank},")
-        check_arrays(where, arrays, stats_array_spec(layers, heads, n, index=index))
-        index = int(arrays["heatmap_index"])
-    parts = [stats_from_arrays(arrays) for arrays in split]
-    if sum(p.count for p in parts) > next_index:
-        counts = " + ".join(str(p.count) for p in parts)
+    parts = codec.decode(path, split, identity if isinstance(identity, dict) else {})
+    if sum(codec.count(p) for p in parts) > next_index:
+        counts = " + ".join(str(codec.count(p)) for p in parts)
         raise LowrankError(f"'{path}' counts {counts} sequences, more than its {next_index}")
     return parts, next_index
 

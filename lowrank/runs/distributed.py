@@ -25,11 +25,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
+from lowrank.core.options import named
 from lowrank.errors import LowrankError
 
 # The variables torchrun sets in every process (srun + torchrun too).
@@ -81,25 +82,24 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
     return Launch(rank, world, local, max(local_world, 1))
 
 
-# The commands that split their work over the ranks of a launch.
-RANK_COMMANDS = ("spectrum",)
-
-
-def check_command(argv: list[str], env: Mapping[str, str] | None = None) -> None:
+def check_command(
+    argv: list[str], rank_commands: Sequence[str], env: Mapping[str, str] | None = None
+) -> None:
     """Refuse, under a launch of several ranks, a command that runs in one process only.
 
-    Every rank would run all of it and write the same folder; ``project`` and ``verify``
-    stay single-process (see docs/long-runs.md, "Running on a cluster").
+    Every rank would run all of it and write the same folder; only ``rank_commands`` (the
+    families that split their work over the ranks) may run so (see docs/long-runs.md,
+    "Running on a cluster").
     """
     try:
         launch = launch_from_env(env)
     except LowrankError:
-        return  # the spectrum command reports it; the others ignore the launch
+        return  # a command that splits its work reports it; the others ignore the launch
     command = next((a for a in argv if not a.startswith("-")), None)
-    if launch is None or launch.world == 1 or command in (None, *RANK_COMMANDS):
+    if launch is None or launch.world == 1 or command in (None, *rank_commands):
         return
     raise LowrankError(
-        f"lowrank {command} runs in one process; only {', '.join(RANK_COMMANDS)} splits its "
+        f"lowrank {command} runs in one process; only {', '.join(rank_commands)} splits its "
         f"work over torchrun's ranks: start it with `lowrank {command} ...`"
     )
 
@@ -108,7 +108,8 @@ def choose_backend(requested: Backend | None, cuda: bool) -> Backend:
     """gloo on the CPU, nccl on CUDA, unless ``--backend`` says otherwise."""
     if requested == "nccl" and not cuda:
         raise LowrankError(
-            "--backend nccl needs CUDA GPUs (none visible, or --device cpu): use --backend gloo"
+            f"{named('backend', 'nccl')} needs CUDA GPUs (none visible, or "
+            f"{named('device', 'cpu')}): use {named('backend', 'gloo')}"
         )
     return requested or ("nccl" if cuda else "gloo")
 
@@ -165,7 +166,7 @@ class PeerFailure(Exception):
 
 
 class Team:
-    """The ranks of one run, with the collectives the spectrum pipeline needs."""
+    """The ranks of one run, with the collectives a family that splits its work needs."""
 
     def __init__(self, launch: Launch, backend: Backend, timeout: float) -> None:
         self.launch, self.backend, self.timeout = launch, backend, timeout

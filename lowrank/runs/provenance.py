@@ -10,11 +10,13 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-__all__ = ["Provenance", "created_now", "package_versions", "python_call"]
+__all__ = ["Provenance", "created_now", "package_versions", "provenance_record", "python_call"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,20 @@ class Provenance:
         )
 
 
+def provenance_record(
+    function: Callable[..., object], call: dict[str, object], command: str | None
+) -> dict[str, Any]:
+    """run.json's ``command``, ``created`` and ``versions`` of a call of ``function`` (its
+    arguments as given), and ``start``, the ``time.perf_counter()`` elapsed time counts
+    from."""
+    return {
+        "start": time.perf_counter(),
+        "command": command if command is not None else python_call(function, call),
+        "created": created_now(),
+        "versions": package_versions(),
+    }
+
+
 def created_now() -> str:
     """The current time as run.json records it (ISO 8601, UTC, seconds)."""
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -56,7 +72,7 @@ def package_versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from lowrank import __version__
+    from lowrank._version import __version__
 
     return {
         "lowrank": __version__,

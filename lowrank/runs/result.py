@@ -1,44 +1,29 @@
-"""The result objects the Python API returns, and :func:`load` that opens any run folder.
+"""The base of every result object the Python API returns: a run folder held in memory.
 
-A result is a run folder held in memory: ``config`` is ``run.json`` (a dict) and ``arrays``
-the named arrays of the run's npz (or, for runs that write CSV tables, the table as
-arrays). Every array is also an attribute, under its run-folder name:
-``res.cumulative_mean is res.arrays["cumulative_mean"]``. ``save`` writes a normal run
-folder that the CLI (``lowrank figures``, ``lowrank summary``, ``lowrank merge``) reads.
-
-Each analysis family subclasses :class:`RunResult` next to its workflow and registers the
-``format`` string it writes, so :func:`load` can return the matching type.
+``config`` is ``run.json`` (a dict) and ``arrays`` the named arrays of the run's npz. Every
+array is also an attribute, under its run-folder name
+(``res.cumulative_mean is res.arrays["cumulative_mean"]``). ``save`` writes a normal run
+folder that the CLI (``lowrank figures``, ``lowrank summary``, ``lowrank merge``) reads, and
+``read`` opens one, validated against the family's
+:class:`~lowrank.runs.formats.RunFormat`. Each family subclasses :class:`RunResult` in its
+folder and sets :attr:`RunResult.FORMAT`; ``lowrank.load`` finds the type through the
+family registry (:mod:`lowrank.registry`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
-from lowrank.errors import LowrankError
-from lowrank.runs.folders import RUN_JSON, read_json
+from lowrank.runs.writing import check_out_dir, write_run
 
 if TYPE_CHECKING:
     import pandas as pd
 
-R = TypeVar("R", bound="type[RunResult]")
-
-_REGISTRY: dict[str, type[RunResult]] = {}
-
-
-def register(fmt: str) -> Callable[[R], R]:
-    """Class decorator: ``load`` returns this type for run folders of format ``fmt``."""
-
-    def wrap(cls: R) -> R:
-        cls.FORMAT = fmt
-        _REGISTRY[fmt] = cls
-        return cls
-
-    return wrap
+    from lowrank.runs.formats import RunFormat
 
 
 @dataclass
@@ -48,8 +33,9 @@ class RunResult:
     config: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(repr=False)
     path: Path | None = None
+    figures: list[Path] = field(default_factory=list, repr=False, kw_only=True)
 
-    FORMAT: ClassVar[str] = ""
+    FORMAT: ClassVar[RunFormat]
 
     def __getattr__(self, name: str) -> np.ndarray:
         arrays = self.__dict__.get("arrays")
@@ -61,70 +47,44 @@ class RunResult:
         return sorted(set(super().__dir__()) | set(self.__dict__.get("arrays", {})))
 
     def summary(self, at: int | None = None) -> pd.DataFrame:
-        """A paper table as a DataFrame; ``at`` picks the kind's natural index (the singular
-        value index of a spectrum, k of project/verify, the budget of compare, n of
-        efficiency/scaling; None: the run's default). Each result type documents its rows."""
+        """A paper table as a DataFrame; ``at`` picks the family's natural index (None: the
+        run's default). Each result type documents its rows and its index."""
         raise NotImplementedError
 
     def report(self) -> str:
         """The text the CLI prints for this run."""
         return self.summary().to_string()
 
+    def extra_files(self) -> dict[str, bytes]:
+        """Files the run folder holds beside its npz (name -> bytes), in
+        ``FORMAT.files`` order; none by default."""
+        return {}
+
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write a run folder that every command reads; returns its path."""
-        raise NotImplementedError
+        """Write the run folder all-or-nothing (the npz, the tables, then run.json, each
+        atomically); returns its path.
+
+        A folder holding this same configuration is replaced; another run needs
+        ``overwrite``; files that are not a lowrank run are never touched.
+
+        Raises:
+            LowrankError: the folder holds another run or foreign files, or cannot be
+                written (one line naming the path and the reason).
+        """
+        out = Path(path)
+        check_out_dir(out, dict(self.config.get("identity") or {}), overwrite)
+        write_run(out, self.config, self.arrays, npz=self.FORMAT.npz, files=self.extra_files())
+        self.path = out
+        return out
 
     @classmethod
-    def read(cls, path: str | Path) -> RunResult:
-        """Open a run folder of this type (validated; LowrankError when damaged)."""
-        raise NotImplementedError
+    def read(cls, path: str | Path) -> Self:
+        """Open a run folder of this type, validated (LowrankError names what is damaged)."""
+        meta, arrays = cls.FORMAT.read(path)
+        return cls.from_folder(Path(path), meta, arrays)
 
-
-def load(path: str | Path) -> RunResult:
-    """Open any run folder and return the result type of the command that wrote it.
-
-    Raises:
-        LowrankError: the folder is missing, is not a lowrank run, or is damaged.
-    """
-    import os
-
-    if not isinstance(path, str | os.PathLike):
-        raise LowrankError(f"load({path!r}): give the run folder as a path or a string")
-    _import_families()
-    folder = Path(path)
-    if not folder.is_dir():
-        raise LowrankError(f"run folder '{folder}' does not exist")
-    if not (folder / RUN_JSON).is_file():
-        raise LowrankError(f"'{folder}' is not a run folder: it has no {RUN_JSON}")
-    meta = read_json(folder / RUN_JSON)
-    fmt = meta.get("format") if isinstance(meta, dict) else None
-    if fmt not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
-        raise LowrankError(f"'{folder / RUN_JSON}' has format {fmt!r}; lowrank reads {known}")
-    return _REGISTRY[fmt].read(folder)
-
-
-def _import_families() -> None:
-    """Import every family's result module, so each registers its format.
-
-    A family whose result module is absent is skipped (its runs then name the formats that
-    are known); any other import error, including a missing module *inside* a result
-    module, is raised.
-    """
-    import importlib
-
-    for module in _RESULT_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
-_RESULT_MODULES = (
-    "lowrank.spectra.result",
-    "lowrank.projections.result",
-    "lowrank.costs.result",
-    "lowrank.comparisons.result",
-    "lowrank.lengths.result",
-)
+    @classmethod
+    def from_folder(cls, path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
+        """The result of a folder whose run.json and npz are valid; types that keep more
+        (tables) or check more (fields that must agree) override this."""
+        return cls(meta, arrays, path)

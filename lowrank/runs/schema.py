@@ -1,18 +1,12 @@
-"""The run-folder contract, checked: a ``run.json`` schema per run kind, and array specs.
+"""What every run.json holds, checked: the shared pydantic models and one-line messages.
 
-Every reader opens ``run.json`` through :func:`lowrank.runs.folders.read_meta`, which calls
-:func:`validate_meta`: the ``format_version`` must be one this lowrank reads, and the fields
-some reader uses must be present with the right types (pydantic, strict: ``"6"`` is not an
-integer, ``true`` is not a number). Other fields are kept and not checked
-(``extra="allow"``), so folders of earlier versions, and fields added later, still open.
-
-Arrays are checked by :func:`check_arrays` against an :class:`ArraySpec` per array, built
-from ``run.json`` by the ``*_array_spec`` functions below: dtype kind, shape and
-finiteness, before any number is used. Each spec documents which arrays may hold NaN (an
-undefined statistic, e.g. a method that does not apply to a causal model).
-
-Every failure is one :class:`~lowrank.errors.LowrankError` line that names the file, the
-field or array, and what is wrong.
+Each family declares its own run.json schema (a subclass of :class:`RunMeta` or
+:class:`AnalysisMeta`) in its ``format.py`` and hands it, with its format name and newest
+``format_version``, to :func:`validate_meta` through its :class:`~lowrank.runs.formats.RunFormat`.
+The models are strict for the fields they name (``"6"`` is not an integer, ``true`` is not a
+number) and allow any other field (``extra="allow"``), so folders of earlier versions, and
+fields added later, still open. Every failure is one :class:`~lowrank.errors.LowrankError`
+line that names the file, the field and what is wrong.
 """
 
 from __future__ import annotations
@@ -25,55 +19,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lowrank.errors import LowrankError
 
-# The newest format_version of each run kind that this lowrank reads. A writer that bumps
-# its format_version bumps it here too (tests/test_runs.py checks the pairs it can see).
-FORMAT_VERSIONS: dict[str, int] = {
-    "lowrank-spectrum": 1,
-    "lowrank-projection": 2,
-    "lowrank-verify": 2,
-    "lowrank-efficiency": 2,
-    "lowrank-compare": 1,
-    "lowrank-scaling": 1,
-}
-
 Count = Annotated[int, Field(ge=0)]
 Positive = Annotated[int, Field(ge=1)]
 Seconds = Annotated[float, Field(ge=0)]  # NaN fails ge: a NaN duration is refused
 
 
-class _Open(BaseModel):
+class Open(BaseModel):
     """Strict types for the fields named; any other field is allowed and left alone."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
 
-class ModelInfo(_Open):
+class ModelInfo(Open):
     name: str
     kind: str | None = None
     path: str | None = None
     revision: str | None = None
 
 
-class CorpusInfo(_Open):
+class CorpusInfo(Open):
     dataset: str
     source: str | None = None
     split: str | None = None
 
 
-class Shard(_Open):
-    """The i-th of N contiguous parts of the sequences (``lowrank spectrum --shard i/N``)."""
-
-    index: Positive
-    count: Positive
-
-    @model_validator(mode="after")
-    def _inside(self) -> Shard:
-        if self.index > self.count:
-            raise ValueError(f"shard index {self.index} is above its count {self.count}")
-        return self
-
-
-class RunMeta(_Open):
+class RunMeta(Open):
     """What every run.json holds."""
 
     format: str
@@ -93,153 +63,7 @@ class AnalysisMeta(RunMeta):
     causal: bool | None = None
 
 
-class Precision(_Open):
-    """``--precision``: the target half-width and the one reached (inf: too few sequences)."""
-
-    target: float
-    achieved_half_width: float | None
-
-
-class RankShare(_Open):
-    """What one rank of a torchrun launch did."""
-
-    rank: Count
-    host: str
-    device: str
-    num_sequences: Count
-    batches: Count
-    compute_seconds: float
-
-
-class SpectrumMeta(AnalysisMeta):
-    """``lowrank spectrum`` (and ``merge``, and each ``n<n>`` folder of ``scaling``)."""
-
-    seq_len: Positive
-    num_sequences: Count | None = None
-    heatmap_index: Positive | None = None
-    shard: Shard | None = None
-    sequence_policy: dict[str, Any] = Field(default_factory=dict)
-    analysis_seconds: Seconds | None = None
-    precision: Precision | None = None
-    world_size: Positive | None = None
-    ranks: list[RankShare] | None = None
-
-    @model_validator(mode="after")
-    def _index_inside(self) -> SpectrumMeta:
-        if self.heatmap_index is not None and self.heatmap_index > self.seq_len:
-            raise ValueError(f"heatmap_index {self.heatmap_index} is above seq_len {self.seq_len}")
-        return self
-
-
-class EffectRow(_Open):
-    """One row of a projection run's model-level effect."""
-
-    method: str
-    sharing: str
-    k: Positive | None  # None: a baseline, the same at every k
-    relative_error: float  # NaN allowed: undefined for that configuration
-    cosine: float
-
-
-class BaselineTest(_Open):
-    """One paired test of a projection run: a method against a trivial baseline, at one k
-    (what the verdicts of the report and ``summary()`` are read from)."""
-
-    kind: str
-    row: str
-    metric: str
-    k: Positive
-    baseline: str
-    mean_diff: float  # NaN allowed: one sequence
-    significant: bool
-
-
-class ModelEffect(_Open):
-    mode: str | None = None
-    results: list[EffectRow] = Field(default_factory=list)
-
-
-class ProjectionMeta(AnalysisMeta):
-    """``lowrank project``."""
-
-    seq_len: Positive
-    num_sequences: Count
-    heatmap_k: Positive
-    model_effect: ModelEffect | None = None
-    baseline_tests: list[BaselineTest] | None = None
-
-
-class CompareSettings(_Open):
-    seed: Count
-
-
-class CompareMeta(AnalysisMeta):
-    """``lowrank compare``."""
-
-    seq_len: Positive
-    num_sequences: Count
-    compare: CompareSettings
-    focus_budget: Positive
-    winner_metric: str
-    oracles: list[str] | None = None
-    finding: str | None = None
-
-
-class VerifyMeta(AnalysisMeta):
-    """``lowrank verify``."""
-
-    seq_len: Positive
-    eps: Annotated[list[float], Field(min_length=1)]
-    k: Annotated[list[Positive], Field(min_length=1)]
-
-
-class Hardware(_Open):
-    gpu: str | None = None
-    processor: str | None = None
-    torch_threads: Positive | None = None
-
-    @model_validator(mode="after")
-    def _named(self) -> Hardware:
-        if self.gpu is None and (self.processor is None or self.torch_threads is None):
-            raise ValueError("hardware names neither a gpu nor a processor and torch_threads")
-        return self
-
-
-class Stack(_Open):
-    layers: Positive
-    hidden: Positive
-
-
-class EfficiencyMeta(RunMeta):
-    """``lowrank efficiency`` (no model or corpus: a stack of random layers)."""
-
-    hardware: Hardware
-    stack: Stack
-    n: Annotated[list[Positive], Field(min_length=1)]
-    k: Annotated[list[Positive], Field(min_length=1)]
-    dtype: str
-    batch: Positive | None = None
-    memory_budget_gib: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
-    repeats: Positive | None = None
-
-
-class ScalingMeta(AnalysisMeta):
-    """``lowrank scaling`` (its top folder; each ``n<n>`` is a spectrum run)."""
-
-    ns: Annotated[list[Positive], Field(min_length=1)]
-
-
-SCHEMAS: dict[str, type[RunMeta]] = {
-    "lowrank-spectrum": SpectrumMeta,
-    "lowrank-projection": ProjectionMeta,
-    "lowrank-verify": VerifyMeta,
-    "lowrank-efficiency": EfficiencyMeta,
-    "lowrank-compare": CompareMeta,
-    "lowrank-scaling": ScalingMeta,
-}
-
-
-class CheckpointInfo(_Open):
+class CheckpointInfo(Open):
     """``checkpoint.json`` of a partial ``lowrank spectrum`` run."""
 
     identity: dict[str, Any]
@@ -254,13 +78,13 @@ class CheckpointInfo(_Open):
         return self
 
 
-def check_version(meta: Mapping[str, Any], fmt: str, path: Path) -> None:
-    """Refuse a run written in a newer ``format_version`` than this lowrank reads."""
-    from lowrank import __version__
+def check_version(meta: Mapping[str, Any], newest: int, path: Path) -> None:
+    """Refuse a run written in a newer ``format_version`` than ``newest``, the one this
+    lowrank reads for the run's kind."""
+    from lowrank._version import __version__
 
     version = meta.get("format_version", 1)
-    newest = FORMAT_VERSIONS.get(fmt)
-    if newest is None or not isinstance(version, int) or isinstance(version, bool):
+    if not isinstance(version, int) or isinstance(version, bool):
         return  # a wrongly typed version is the schema's to report
     if version > newest:
         versions = meta.get("versions")
@@ -272,12 +96,10 @@ def check_version(meta: Mapping[str, Any], fmt: str, path: Path) -> None:
         )
 
 
-def validate_meta(meta: Mapping[str, Any], fmt: str, path: Path) -> None:
-    """Check a run.json of kind ``fmt`` (its version, then its schema); one line on failure."""
-    check_version(meta, fmt, path)
-    schema = SCHEMAS.get(fmt)
-    if schema is not None:
-        validate(schema, meta, path)
+def validate_meta(meta: Mapping[str, Any], schema: type[RunMeta], newest: int, path: Path) -> None:
+    """Check a run.json (its version against ``newest``, then ``schema``); one line on failure."""
+    check_version(meta, newest, path)
+    validate(schema, meta, path)
 
 
 def validate(schema: type[BaseModel], data: Any, path: Path, advice: str = "") -> None:

@@ -20,12 +20,12 @@ from typing import IO, Any
 
 import numpy as np
 
+from lowrank.core.options import flag, switch
 from lowrank.errors import LowrankError
 from lowrank.runs.folders import (
     CHECKPOINT_JSON,
     NOTHING_REPLACED,
     RUN_JSON,
-    SPECTRUM_NPZ,
     cannot,
     read_checkpoint_info,
 )
@@ -54,26 +54,27 @@ def check_out_dir(
     if not entries:
         return
     if resume and RUN_JSON in entries and CHECKPOINT_JSON not in entries:
-        raise LowrankError(f"--resume: the run in '{out}' is already complete")
+        raise LowrankError(f"{flag('resume')}: the run in '{out}' is already complete")
     if CHECKPOINT_JSON in entries and RUN_JSON not in entries:
         if overwrite:
             return
         partial = read_checkpoint_info(out)
         if partial.get("identity") != identity:
             raise LowrankError(
-                f"--out '{out}' holds a partial run of another configuration: choose another "
-                "--out or pass --overwrite"
+                f"{flag('out')} '{out}' holds a partial run of another configuration: choose "
+                f"another {flag('out')} or pass {switch('overwrite')}"
             )
         if not resume:
             raise LowrankError(
-                f"--out '{out}' holds a partial run ({partial['next_index']} of "
-                f"{partial.get('total', '?')} sequences): pass --resume to continue it or "
-                "--overwrite to start again"
+                f"{flag('out')} '{out}' holds a partial run ({partial['next_index']} of "
+                f"{partial.get('total', '?')} sequences): pass {switch('resume')} to continue it "
+                f"or {switch('overwrite')} to start again"
             )
         return
     if RUN_JSON not in entries:
         raise LowrankError(
-            f"--out '{out}' holds files that are not a lowrank run: choose an empty or new folder"
+            f"{flag('out')} '{out}' holds files that are not a lowrank run: choose an empty or "
+            "new folder"
         )
     try:
         old = json.loads((out / RUN_JSON).read_text(encoding="utf-8"))
@@ -82,8 +83,8 @@ def check_out_dir(
     old = old if isinstance(old, dict) else {}
     if old.get("identity") != identity and not overwrite:
         raise LowrankError(
-            f"--out '{out}' holds another run ({old.get('command', 'unknown command')}): "
-            "choose another --out or pass --overwrite"
+            f"{flag('out')} '{out}' holds another run ({old.get('command', 'unknown command')}): "
+            f"choose another {flag('out')} or pass {switch('overwrite')}"
         )
 
 
@@ -203,7 +204,8 @@ def _commit(folder: Path, staged: list[tuple[Path, Path]]) -> None:
         tail = (
             NOTHING_REPLACED
             if undone
-            else f"; '{folder}' may mix old and new files: write it again with --overwrite"
+            else f"; '{folder}' may mix old and new files: write it again with "
+            f"{switch('overwrite')}"
         )
         raise cannot("write", final, exc, tail) from exc
     finally:
@@ -282,7 +284,8 @@ def write_run(
     out: Path,
     meta: dict[str, Any],
     arrays: Mapping[str, np.ndarray],
-    npz: str = SPECTRUM_NPZ,
+    *,
+    npz: str,
     files: Mapping[str, bytes] | None = None,
 ) -> None:
     """Write a run folder all-or-nothing: the arrays (``npz``), then ``files`` (name ->
@@ -301,13 +304,3 @@ def write_run(
             with contextlib.suppress(OSError):  # not empty, or already gone: leave it
                 out.rmdir()
         raise
-
-
-def write_csv(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    """One row per record, columns from the first record's keys (atomic)."""
-    write_files(path.parent, [(path.name, bytes_writer(csv_bytes(records)))])
-
-
-def write_json(path: Path, value: Any) -> None:
-    """``value`` as indented JSON (atomic)."""
-    write_files(path.parent, [(path.name, bytes_writer(json_bytes(value)))])

@@ -1,0 +1,1 @@
+"""The analysis families, one folder each, named after its command."""

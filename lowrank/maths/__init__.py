@@ -1,0 +1,1 @@
+"""Shared mathematics of the analyses: pure functions on arrays (no models, no files)."""
