@@ -414,7 +414,7 @@ def uncapturable_dir(tmp_path_factory):
         (["--scatterbrain-split", "inf"], "must be a finite number"),
         (["--scatterbrain-split", "1.5"], "in [0, 1]"),
         (["--focus-budget", "16"], "not one of --budget"),
-        (["--model", "{mpnet}"], "cannot be captured"),
+        (["--model", "{mpnet}"], "needs standard scaled dot-product attention"),
     ],
 )
 def test_bad_compare_input_is_one_line_and_exit_code_2(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,3 +309,66 @@ def test_size_cap_counts_bytes_and_names_the_cap(tmp_path, monkeypatch):
     over.write_bytes(b"abc\n" * 257)
     with pytest.raises(LowrankError, match=r"holds more than 1 KiB, the most lowrank reads"):
         read_text(over)
+
+
+# --- <unk> in WikiText-2-form files -------------------------------------------------------
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+WIKI_VALID = SHARED / "wikitext-103-valid" / "wiki.valid.tokens"
+
+
+def test_unk_becomes_the_unknown_token_once_never_text(bert_tok):
+    from lowrank.inputs.corpora import tokenize_documents
+
+    record: dict = {}
+    docs = ["the <unk> sat on the <unk> mat", "no markers here"]
+    ids = tokenize_documents(bert_tok, docs, record)
+    plain = tokenize_documents(bert_tok, ["the sat on the mat", "no markers here"])
+    unk = bert_tok.unk_token_id
+    assert ids[0].count(unk) == 2 and [i for i in ids[0] if i != unk] == plain[0]
+    assert ids[1] == plain[1]
+    assert record["unk"] == {
+        "marker": "<unk>",
+        "policy": "map",
+        "token": "[UNK]",
+        "id": unk,
+        "count": 2,
+    }
+    # as text, the marker would be four pieces of MiniLM's vocabulary: never fed so
+    assert len(bert_tok("<unk>", add_special_tokens=False)["input_ids"]) > 1
+
+
+def test_unk_is_dropped_where_the_unknown_token_is_a_control_token(gpt2_dir):
+    from lowrank.inputs.corpora import tokenize_documents, unk_policy
+
+    tok = AutoTokenizer.from_pretrained(gpt2_dir)
+    policy = unk_policy(tok)
+    assert policy["policy"] == "drop" and "control token" in policy["reason"]
+    record: dict = {}
+    ids = tokenize_documents(tok, ["a <unk> b"], record)
+    assert ids == tokenize_documents(tok, ["a b"]) and record["unk"]["count"] == 1
+
+
+def test_sequences_record_what_was_done_with_unk(bert_tok):
+    from lowrank.inputs.corpora import Corpus
+
+    text = " = T = \n" + " ".join(["word <unk> word"] * 200)
+    corpus = Corpus("text", "articles", "inline", None, split_articles(text))
+    seqs = build_sequences(corpus, bert_tok, 32, 2)
+    assert seqs.policy["unk"]["policy"] == "map" and seqs.policy["unk"]["count"] == 200
+    assert (seqs.input_ids == bert_tok.unk_token_id).sum() > 0
+
+
+@pytest.mark.skipif(not WIKI_VALID.is_file(), reason="../shared/corpora is not beside the repo")
+def test_real_wikitext_validation_unk_markers_are_one_token_each(bert_tok):
+    """On the real WikiText-103 validation articles (WikiText-2 form): every <unk> marker is
+    exactly one [UNK] id, and no sequence holds the pieces the marker would tokenise to."""
+    corpus = load_corpus("wiki103", str(WIKI_VALID), "valid")
+    markers = sum(d.count("<unk>") for d in corpus.documents)
+    seqs = build_sequences(corpus, bert_tok, 512, 4)
+    record = seqs.policy["unk"]
+    assert record["count"] == markers > 1000 and record["policy"] == "map"
+    pieces = bert_tok("<unk>", add_special_tokens=False)["input_ids"]
+    flat = seqs.input_ids.ravel().tolist()
+    runs = sum(flat[i : i + len(pieces)] == pieces for i in range(len(flat) - len(pieces)))
+    assert runs == 0 and (seqs.input_ids == bert_tok.unk_token_id).any()

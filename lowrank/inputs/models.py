@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 from lowrank.core.options import named
 from lowrank.errors import LowrankError
 from lowrank.inputs.config import MODEL_PRESETS
+from lowrank.inputs.gguf import gguf_model_folder, packaged_gguf
 from lowrank.inputs.hub import hub_reachable, quiet
 from lowrank.inputs.model_files import check_model_files, first_line, read_model_json
+from lowrank.inputs.routes import SUPPORTED_FAMILIES, capture_route
 
 if TYPE_CHECKING:
     import torch
@@ -33,9 +35,10 @@ class ModelSource:
     """Where a model comes from, before anything is loaded."""
 
     name: str  # what the user typed
-    kind: str  # "package", "local" or "hub"
-    location: str  # a folder path (package, local) or a hub repo id
-    revision: str | None  # package version or hub commit, when known
+    kind: str  # "package", "local", "gguf" or "hub"
+    location: str  # a folder path (package, local, a GGUF's converted folder) or a hub repo id
+    revision: str | None  # package version, hub commit or GGUF sha256, when known
+    provenance: dict[str, Any] | None = None  # a GGUF file's: package, sha256, quantisation
 
 
 @dataclass
@@ -88,10 +91,24 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or (os.sep in name and Path(name).exists())
 
 
+def _gguf_source(name: str, path: Path) -> ModelSource:
+    """A GGUF file as the standard model folder it converts to (converted and cached on the
+    first use, :func:`lowrank.inputs.gguf.gguf_model_folder`)."""
+    folder, provenance = gguf_model_folder(path)
+    return ModelSource(name, "gguf", str(folder), f"sha256:{provenance['sha256']}", provenance)
+
+
 def resolve_model(name: str) -> ModelSource:
-    """Turn a ``--model`` argument into a :class:`ModelSource` (nothing is loaded)."""
+    """Turn a ``--model`` argument into a :class:`ModelSource`.
+
+    Nothing is loaded, except that a GGUF file (``--model file.gguf`` or a GGUF preset) is
+    de-quantised into a cached model folder on its first use.
+    """
     if name in MODEL_PRESETS:
         preset = MODEL_PRESETS[name]
+        if preset.source == "gguf":
+            package, filename = preset.target.split("/", 1)
+            return _gguf_source(name, packaged_gguf(package, filename))
         if preset.source == "package":
             dist = preset.target.replace("_", "-")
             try:
@@ -101,6 +118,8 @@ def resolve_model(name: str) -> ModelSource:
             folder = package_model_dir(preset.target)
             return ModelSource(name, "package", str(folder), f"{dist}=={version}")
         return ModelSource(name, "hub", preset.target, None)
+    if name.lower().endswith(".gguf"):
+        return _gguf_source(name, Path(name).expanduser())
     if _looks_like_path(name) or Path(name).is_dir():
         path = Path(name).expanduser()
         if not path.exists():
@@ -108,79 +127,22 @@ def resolve_model(name: str) -> ModelSource:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise LowrankError(
                 f"'{name}' is not a model directory (no config.json): pass a folder written "
-                "by save_pretrained, a hub id, or 'minilm'"
+                "by save_pretrained, a .gguf file, a hub id, or 'minilm'"
             )
         return ModelSource(name, "local", str(path.resolve()), None)
     return ModelSource(name, "hub", name, None)
 
 
-# The families whose capture is parity-tested against output_attentions=True
-# (tests/test_capture.py, tests/test_decoders.py).
-SUPPORTED_FAMILIES = (
-    "BERT (MiniLM), RoBERTa, GPT-2, Llama, Mistral, Qwen2 (and other transformers models "
-    "whose attention goes through its attention interface)"
-)
-
-
 def check_capturable(name: str, config: dict[str, Any]) -> None:
-    """Refuse, in one line, a model whose self-attention the capture cannot see.
+    """Refuse, in one line, a model whose self-attention the capture cannot see: remote
+    code, an encoder-decoder stack, a model with no attention heads, or one whose attention
+    the capture would see otherwise than the model computes it
+    (:func:`lowrank.inputs.routes.capture_route`, which names the route it takes).
 
     Args:
         config: the model's ``config.json`` as a dict.
-
-    Raises:
-        LowrankError: remote code (an architecture transformers does not ship), an
-            encoder-decoder (T5, BART: relative biases, cross-attention), a model with no
-            attention heads (Mamba), or one whose attention bypasses transformers' attention
-            interface (DeBERTa, MPNet); the message names the architecture and lists the
-            supported families.
     """
-    from transformers import CONFIG_MAPPING
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
-
-    model_type = str(config.get("model_type") or "")
-    architectures = config.get("architectures")
-    arch = str(architectures[0]) if isinstance(architectures, list) and architectures else None
-
-    def refuse(reason: str) -> LowrankError:
-        what = ", ".join([*([arch] if arch else []), f"model_type '{model_type}'"])
-        return LowrankError(
-            f"model '{name}' ({what}) {reason}: lowrank captures the self-attention of "
-            f"{SUPPORTED_FAMILIES}"
-        )
-
-    if not model_type:
-        raise LowrankError(
-            f"model '{name}'{f' ({arch})' if arch else ''} has no model_type in its config.json, "
-            f"so its architecture is unknown: lowrank captures the self-attention of "
-            f"{SUPPORTED_FAMILIES}"
-        )
-    if model_type not in CONFIG_MAPPING:
-        if config.get("auto_map"):
-            raise refuse("needs remote code (auto_map in its config), which lowrank never runs")
-        raise refuse("is not an architecture this transformers version ships")
-    if config.get("is_encoder_decoder"):
-        raise refuse(
-            "is an encoder-decoder stack (relative-position biases added inside the attention, "
-            "cross-attention), whose attention cannot be captured"
-        )
-    settings = {k: v for k, v in config.items() if k != "model_type"}
-    try:
-        with quiet():
-            parsed = CONFIG_MAPPING[model_type](**settings)
-    except (TypeError, ValueError, KeyError, AttributeError):  # loading reports a bad config
-        parsed = CONFIG_MAPPING[model_type]()
-    heads = getattr(parsed, "num_attention_heads", None)
-    if not isinstance(heads, int) or heads < 1:
-        raise refuse("has no attention layers")
-    base: Any = MODEL_MAPPING.get(type(parsed), None)
-    if isinstance(base, tuple):  # several classes for one config: the first is the default
-        base = base[0]
-    if base is None or not base.is_backend_compatible():
-        raise refuse(
-            "computes its attention outside transformers' attention interface, so it cannot "
-            "be captured"
-        )
+    capture_route(config, name)
 
 
 def _raw_config(source: ModelSource) -> dict[str, Any] | None:
@@ -334,7 +296,7 @@ def _shape(config: Any) -> tuple[int, int, int | None]:
             f"lowrank captures the self-attention of {SUPPORTED_FAMILIES}"
         )
     positions = getattr(config, "max_position_embeddings", None)
-    if config.model_type in ("roberta", "xlm-roberta", "camembert") and positions:
+    if config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet") and positions:
         positions -= config.pad_token_id + 1  # RoBERTa positions start after padding_idx
     return layers, heads, positions if isinstance(positions, int) else None
 

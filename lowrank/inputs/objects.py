@@ -42,6 +42,7 @@ from lowrank.inputs.held import (
     token_sequences,
 )
 from lowrank.inputs.prepared import Prepared, prepare, report
+from lowrank.inputs.state import preserved
 
 if TYPE_CHECKING:
     import torch
@@ -171,57 +172,6 @@ def memory_identity(model: ModelInput, data: DataInput, prep: Prepared) -> dict[
 
 
 # -- the model ------------------------------------------------------------------------------
-
-
-def _hook_tables(module: Any) -> dict[str, dict[Any, Any]]:
-    return {k: v for k, v in vars(module).items() if k.endswith("hooks") and isinstance(v, dict)}
-
-
-@contextmanager
-def preserved(model: object) -> Iterator[None]:
-    """Leave an in-memory model exactly as found when the block ends, also on error.
-
-    Restored: the attention implementation (``config._attn_implementation``), every module's
-    train/eval mode, every module's hooks (forward, pre-forward, backward, state-dict; hooks
-    added inside the block are removed, hooks removed are put back), every parameter's and
-    buffer's device, and every parameter's ``requires_grad``. A name or a path is no model
-    object: the block runs unchanged.
-    """
-    if not is_memory_model(model):
-        yield
-        return
-    import torch
-
-    if not isinstance(model, torch.nn.Module):
-        yield
-        return
-    config = getattr(model, "config", None)
-    attn = getattr(config, "_attn_implementation_internal", None) if config else None
-    modules = list(model.modules())
-    modes = [m.training for m in modules]
-    hooks = [{k: dict(v) for k, v in _hook_tables(m).items()} for m in modules]
-    params = list(model.named_parameters())
-    grads = [p.requires_grad for _, p in params]
-    devices = {name: t.device for name, t in (*params, *model.named_buffers())}
-    try:
-        yield
-    finally:
-        for name, t in (*model.named_parameters(), *model.named_buffers()):
-            if name in devices and t.device != devices[name]:
-                t.data = t.data.to(devices[name])
-        for (_, p), grad in zip(params, grads, strict=True):
-            p.requires_grad_(grad)
-        for m, mode, table in zip(modules, modes, hooks, strict=True):
-            m.training = mode
-            for key, saved in table.items():
-                current = getattr(m, key)
-                current.clear()
-                current.update(saved)
-        if config is not None and getattr(config, "_attn_implementation_internal", None) != attn:
-            if attn is None:
-                config._attn_implementation_internal = None
-            else:
-                model.set_attn_implementation(attn)  # type: ignore[operator]
 
 
 def _model_device(model: Any) -> torch.device:

@@ -38,6 +38,7 @@ class Prepared:
                 "path": src.location,
                 "revision": src.revision,
                 "model_type": self.loaded.model_type,
+                **({"gguf": src.provenance} if src.provenance else {}),
             },
             "corpus": {
                 "dataset": self.corpus.name,

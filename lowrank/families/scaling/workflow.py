@@ -126,7 +126,8 @@ def run_scaling(
     first; the model (a name or an object, left as found) and the documents are prepared by
     :func:`prepare_documents`.
     """
-    from lowrank.inputs.objects import is_memory_data, is_memory_model, model_label, preserved
+    from lowrank.inputs.objects import is_memory_data, is_memory_model, model_label
+    from lowrank.inputs.state import preserved
 
     spec.check()
     spec = replace(spec, ns=tuple(sorted(set(spec.ns))))

@@ -19,6 +19,7 @@ from lowrank.core.options import flag, named, switch
 from lowrank.errors import LowrankError
 from lowrank.families.spectrum.stats import SpectrumStats
 from lowrank.hooks.attention import AttentionCall, PaddingSide, capture, padded_inputs, valid_blocks
+from lowrank.hooks.check import check_capture
 from lowrank.inputs.corpora import Sequences
 from lowrank.inputs.models import LoadedModel
 from lowrank.maths.spectra import (
@@ -111,8 +112,7 @@ def _spectra(
         calls = seen()
     if calls == 0:
         raise LowrankError(
-            f"model '{loaded.source.name}' ran no attention layer that lowrank can "
-            "capture (it needs transformers' attention interface)"
+            f"model '{loaded.source.name}' ran no attention layer that lowrank can capture"
         )
     if calls != loaded.num_layers:
         raise LowrankError(
@@ -247,6 +247,12 @@ def analyse(
     since = 0
     next_index = first  # every sequence before it is in the statistics of some rank
     view = None  # tracked moments of all ranks, for the stopping rule
+
+    if first < total:  # is the captured P the model's own? (one sequence, before any work)
+        one = slice(first, first + 1)
+        probe = torch.from_numpy(sequences.input_ids[one]).to(device)
+        valid = torch.from_numpy(sequences.lengths[one])
+        check_capture(loaded.model, padded_inputs(loaded.model, probe, valid, padding or "right"))
 
     def exchange(due: bool) -> tuple[bool, RunningMoments | None]:
         mine = tracked(stats, indices) if precision is not None else None

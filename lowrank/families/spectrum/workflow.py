@@ -34,8 +34,8 @@ from lowrank.families.spectrum.result import SpectrumResult
 from lowrank.families.spectrum.stats import CODEC
 from lowrank.families.spectrum.team import run_team
 from lowrank.inputs.config import InputConfig
-from lowrank.inputs.objects import preserved
 from lowrank.inputs.prepared import Prepared
+from lowrank.inputs.state import preserved
 from lowrank.runs.checkpoints import RunInterrupted, read_checkpoint, write_checkpoint
 from lowrank.runs.distributed import launch_from_env
 from lowrank.runs.provenance import package_versions
