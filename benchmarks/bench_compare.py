@@ -18,6 +18,11 @@ Sections:
   BERT-shaped models (width 128, 4 heads, n = 512, 2 sequences, budgets 16,32) of 2, 8 and
   24 layers, each in a fresh process: the sink reduces each layer to moments, so the peak must
   not grow with depth.
+* findings -- the time of compare's verdicts (lowrank.families.compare.workflow.findings and
+  equal_cost: AUC, cuts and Spearman's rho with 2,000-draw bootstraps over sequences and
+  layers, per-layer intervals at the focus budget) on synthetic per-sequence errors of the
+  default run's shape (16 sequences, 11 rows, 4 budgets, 6 layers x 12 heads) and of a
+  24 x 16-head model; no model is run.
 
 Results are printed as Markdown and written to benchmarks/results_compare.json.
 """
@@ -92,7 +97,8 @@ def _memory_child(layers: int) -> None:
     """Run the compare sink on a random BERT-shaped model; print peak RSS above baseline."""
     from transformers import BertConfig, BertModel
 
-    from lowrank.families.compare.collect import CompareSpec, measure
+    from lowrank.families.compare.collect import measure
+    from lowrank.families.compare.spec import CompareSpec
     from lowrank.inputs.corpora import Sequences
     from lowrank.inputs.models import LoadedModel, ModelSource
 
@@ -154,6 +160,33 @@ def memory() -> list[dict]:
     return rows
 
 
+def findings_time() -> list[dict]:
+    """Seconds of compare's verdicts on synthetic arrays of two shapes (see the docstring)."""
+    from lowrank.families.compare.spec import CompareSpec
+    from lowrank.families.compare.verdicts import equal_cost
+    from lowrank.families.compare.workflow import findings
+
+    rows = []
+    spec = CompareSpec()
+    f, k = len(spec.rows), len(spec.budgets)
+    for layers, heads in ((6, 12), (24, 16)):
+        rng = np.random.default_rng(0)
+        per = rng.uniform(0.05, 1.0, (16, f, k, layers, heads, 2))
+        arrays = {
+            "per_sequence_error": per,
+            "entropy_per_sequence": rng.uniform(0, 1, (16, layers, heads)),
+            "probs_error_mean": per[..., 0].mean(0),
+            "output_error_mean": per[..., 1].mean(0),
+        }
+        start = time.perf_counter()
+        findings(arrays, spec)
+        equal_cost(arrays, list(spec.rows), 512, list(spec.budgets))
+        rows.append(
+            {"layers": layers, "heads": heads, "seconds": round(time.perf_counter() - start, 1)}
+        )
+    return rows
+
+
 def _markdown(results: dict) -> str:
     lines = []
     for row in results.get("default", []):
@@ -170,12 +203,15 @@ def _markdown(results: dict) -> str:
             f"| {r['layers']} | {r['peak_above_model_bytes'] / 2**20:.0f} | {r['seconds']} |"
             for r in results["memory"]
         ]
+    if "findings" in results:
+        lines += ["", "| layers x heads | verdicts (s) |", "|---|---|"]
+        lines += [f"| {r['layers']} x {r['heads']} | {r['seconds']} |" for r in results["findings"]]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["default", "memory"], action="append")
+    parser.add_argument("--only", choices=["default", "memory", "findings"], action="append")
     parser.add_argument("--workers", type=int, action="append", help="worker threads (repeat)")
     parser.add_argument("--out", type=Path, default=HERE / "results_compare.json")
     parser.add_argument("--memory-child", type=int, metavar="LAYERS")
@@ -184,7 +220,7 @@ def main() -> None:
     if args.memory_child:
         _memory_child(args.memory_child)
         return
-    sections = args.only or ["default", "memory"]
+    sections = args.only or ["default", "memory", "findings"]
     # sections not run now keep their earlier results
     results: dict = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results |= {
@@ -200,6 +236,8 @@ def main() -> None:
         results["default"] = [default_run(w, args.keep) for w in (args.workers or [None])]
     if "memory" in sections:
         results["memory"] = memory()
+    if "findings" in sections:
+        results["findings"] = findings_time()
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(_markdown(results))
 

@@ -10,14 +10,18 @@ Sections:
 
 * default -- the issue's default run, end to end in a fresh process: ``lowrank scaling`` on
   the real MiniLM (6 x 12, 512 positions), n = 32,64,128,256,512, 16 documents of
-  sample-imdb (the embedded sample whose documents reach 512 tokens), 1000 bootstrap
-  resamples, figures drawn. Wall time, CPU time and the machine's load average before and
+  sample-imdb (the embedded sample whose documents reach 512 tokens), windows at drawn
+  offsets, the position control at n = 128, 1000 resamples for the intervals and 200 for
+  each of the 35 growth verdicts (three models), figures drawn. Wall time, CPU time, the
+  time of the fits (run.json ``fit_seconds``) and the machine's load average before and
   after (the target is 5 minutes on 2 cores; a shared machine slows it down).
 * long -- n up to 2048 (and 4096 with ``--with-4096``) on a position-extended tiny model:
   a randomly initialised BERT with MiniLM's vocabulary, width 64, 2 heads, 2 layers and
   4096 positions (MiniLM stops at 512), on long documents made of the embedded encyclopedia
   sample, ``--memory-budget 2``. Per n: seconds, the batch the memory estimate chose, the
-  estimate, and the process's peak resident memory above the loaded model.
+  estimate, the process's peak resident memory above the loaded model, and the run's own
+  measure (run.json ``working_peak_bytes``: the resident set sampled during that n, above
+  what it was when the n began).
 * depth -- the same at n = 2048 with 2 and 8 layers, each in a fresh process: the sink drops
   each layer's P before the next, so the peak must not grow with depth.
 
@@ -83,6 +87,8 @@ def default_run(keep: Path | None) -> dict:
         "cpu_seconds": round(cpu, 1),
         "run_elapsed_seconds": meta["elapsed_seconds"],
         "seconds_per_n": {n: r["seconds"] for n, r in meta["lengths"].items()},
+        "fit_seconds": meta.get("fit_seconds"),
+        "verdict_bootstrap": meta["verdict_rule"].get("verdict_bootstrap"),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "verdicts": {
@@ -155,6 +161,7 @@ def long_run(ns: str, layers: int, documents: int, budget: float) -> dict:
             "batch_size": r["batch_size"],
             "estimated_peak_bytes": r["estimated_peak_bytes"],
             "peak_above_model_bytes": r["measured_peak_bytes"] - base,
+            "working_peak_bytes": r.get("working_peak_bytes"),
         }
         for n, r in meta["lengths"].items()
     }
@@ -178,8 +185,9 @@ def _markdown(results: dict) -> str:
             f"`{row['command']}`: {row['wall_seconds']:.0f} s wall, {row['cpu_seconds']:.0f} s "
             f"CPU (per n: "
             + ", ".join(f"{n}: {s:.1f} s" for n, s in row["seconds_per_n"].items())
-            + f"); load average {row['load_average_before'][0]:.1f} before / "
-            f"{row['load_average_after'][0]:.1f} after",
+            + f"); fits and verdicts {row.get('fit_seconds') or 0:.1f} s; load average "
+            f"{row['load_average_before'][0]:.1f} before / {row['load_average_after'][0]:.1f} "
+            "after",
             "",
         ]
     for key in ("long", "long_4096", "depth"):
@@ -188,13 +196,15 @@ def _markdown(results: dict) -> str:
                 f"{key}: {row['layers']} layers x {row['heads']} heads, budget "
                 f"{row['memory_budget_gib']} GiB, {row['wall_seconds']:.0f} s wall",
                 "",
-                "| n | documents | seconds | batch | estimate MiB | peak above the model MiB |",
-                "|---|---|---|---|---|---|",
+                "| n | documents | seconds | batch | estimate MiB | peak above the model MiB "
+                "| working peak MiB |",
+                "|---|---|---|---|---|---|---|",
             ]
             lines += [
                 f"| {n} | {r['documents']} | {r['seconds']:.1f} | {r['batch_size']} | "
                 f"{r['estimated_peak_bytes'] / 2**20:.0f} | "
-                f"{r['peak_above_model_bytes'] / 2**20:.0f} |"
+                f"{r['peak_above_model_bytes'] / 2**20:.0f} | "
+                f"{(r.get('working_peak_bytes') or 0) / 2**20:.0f} |"
                 for n, r in row["per_n"].items()
             ]
             lines.append("")

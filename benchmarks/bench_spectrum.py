@@ -38,11 +38,16 @@ import torch
 HERE = Path(__file__).parent
 
 
+MODEL = {"name": "minilm"}  # --model
+
+
 def _minilm_batch(count: int):
+    """The benchmark's model (``--model``, default the embedded MiniLM) and ``count``
+    sequences of 512 tokens of the embedded wiki sample."""
     from lowrank.inputs.corpora import build_sequences, load_corpus
     from lowrank.inputs.models import load_model
 
-    loaded = load_model("minilm")
+    loaded = load_model(MODEL["name"])
     seqs = build_sequences(load_corpus("sample-wiki", None), loaded.tokenizer, 512, count)
     return loaded, seqs
 
@@ -156,14 +161,20 @@ def pipeline(count: int, batch: int) -> dict:
     def svd_only():
         return [singular_values(p, DEFAULT_SVD, default_workers()) for p in probs]
 
-    ref, t_naive_full = _timed(naive(True))
-    _, t_naive = _timed(naive(False))
+    t_naive_full = t_naive = float("nan")
+    if MODEL.get("naive", True):
+        ref, t_naive_full = _timed(naive(True))
+        _, t_naive = _timed(naive(False))
+    else:  # the float64 reference without the naive timings (a large model: hours)
+        ref = np.concatenate([np.linalg.svd(p.double().numpy(), compute_uv=False) for p in probs])
+        ref = ref.reshape(len(ids), loaded.num_layers, loaded.num_heads, -1)
     result, t_lowrank = _timed(lowrank)
     _, t_forward = _timed(forward_only, repeat=2)
     _, t_svd = _timed(svd_only)
     c_ref = _c(ref).mean(0)  # (L, H, n)
     floor = t_forward + t_svd
     return {
+        "model": MODEL["name"],
         "sequences": len(ids),
         "batch_size": batch,
         "seconds": {
@@ -308,6 +319,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["kernels", "pipeline", "memory"], action="append")
     parser.add_argument("--sequences", type=int, default=8)
+    parser.add_argument(
+        "--model", default="minilm", help="lowrank --model of the kernels and pipeline sections"
+    )
+    parser.add_argument(
+        "--no-naive",
+        action="store_true",
+        help="pipeline: skip the naive variants (hours on a 30-layer model)",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--memory-child", nargs=2, metavar=("LAYERS", "VARIANT"))
@@ -315,6 +334,7 @@ def main() -> None:
     if args.memory_child:
         _memory_child(int(args.memory_child[0]), args.memory_child[1])
         return
+    MODEL.update(name=args.model, naive=not args.no_naive)
     sections = args.only or ["kernels", "pipeline", "memory"]
     results: dict = {
         "machine": {

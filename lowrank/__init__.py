@@ -17,15 +17,17 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from lowrank._version import __version__
-from lowrank.errors import LowrankError
+from lowrank.errors import LowrankError, LowrankWarning, WarningsHandler
 
 # The library never prints: its messages go to this logger, silent until the application
-# configures logging (the CLI prints them on stderr).
-logging.getLogger("lowrank").addHandler(logging.NullHandler())
+# configures logging (the CLI prints them on stderr); only WARNING records (less than was
+# asked) surface on their own, as LowrankWarning, where nothing else would show them.
+logging.getLogger("lowrank").addHandler(WarningsHandler())
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the registry decides
     from lowrank.families.compare.api import CompareResult, compare  # noqa: F401
     from lowrank.families.efficiency.api import EfficiencyResult, efficiency  # noqa: F401
+    from lowrank.families.keys.api import KeysResult, keys  # noqa: F401
     from lowrank.families.project.api import ProjectionResult, project  # noqa: F401
     from lowrank.families.scaling.api import ScalingResult, scaling  # noqa: F401
     from lowrank.families.spectrum.api import SpectrumResult, merge, spectrum  # noqa: F401
@@ -53,4 +55,9 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_names()})
 
 
-__all__ = ["LowrankError", "__version__", *sorted(set(_names()) - {"LowrankError"})]
+__all__ = [
+    "LowrankError",
+    "LowrankWarning",
+    "__version__",
+    *sorted(set(_names()) - {"LowrankError", "LowrankWarning"}),
+]

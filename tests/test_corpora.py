@@ -372,3 +372,22 @@ def test_real_wikitext_validation_unk_markers_are_one_token_each(bert_tok):
     flat = seqs.input_ids.ravel().tolist()
     runs = sum(flat[i : i + len(pieces)] == pieces for i in range(len(flat) - len(pieces)))
     assert runs == 0 and (seqs.input_ids == bert_tok.unk_token_id).any()
+
+
+def test_a_corpus_file_or_folder_that_names_its_split_is_recorded_as_that_split(tmp_path):
+    """wiki.valid.tokens read under the default --split test was labelled "WikiText-103"
+    (the test split) in figures; the file's own name wins."""
+    from lowrank.inputs.corpora import load_corpus
+
+    wiki = tmp_path / "wiki.valid.tokens"
+    wiki.write_text(" = Title = \n\n Some text of an article . \n")
+    assert load_corpus("wiki103", str(wiki)).split == "valid"
+    assert load_corpus("wiki103", str(wiki), split="train").split == "valid"
+    other = tmp_path / "articles.txt"
+    other.write_text(" = Title = \n\n Some text . \n")
+    assert load_corpus("wiki103", str(other), split="valid").split == "valid"
+    reviews = tmp_path / "train" / "pos"
+    reviews.mkdir(parents=True)
+    (reviews / "1_9.txt").write_text("A fine film.")
+    assert load_corpus("imdb", str(tmp_path / "train")).split == "train"
+    assert load_corpus("imdb", str(tmp_path), split="train").split == "train"

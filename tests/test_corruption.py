@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,12 +125,26 @@ def digest(folder: Path) -> dict[str, str]:
     }
 
 
+def _unlist(folder: Path) -> None:
+    """Drop run.json's manifest (a folder as an earlier lowrank wrote it): the damages below
+    are then judged by what the files hold. With the manifest, any change to a file it
+    lists is refused (test_the_manifest_refuses_every_changed_file)."""
+    path = folder / "run.json"
+    if path.is_file():
+        meta = json.loads(path.read_text())
+        meta.pop("manifest", None)
+        path.write_text(json.dumps(meta, indent=2))
+
+
 @contextmanager
-def damaged(folder: Path, damage: Damage) -> Iterator[tuple[Path, str]]:
-    """A fresh copy of ``folder`` with ``damage`` done to it, and what a reader must do."""
+def damaged(folder: Path, damage: Damage, unlisted: bool = True) -> Iterator[tuple[Path, str]]:
+    """A fresh copy of ``folder`` with ``damage`` done to it, and what a reader must do
+    (``unlisted``: of a copy without run.json's manifest)."""
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / folder.name
         shutil.copytree(folder, copy)
+        if unlisted:
+            _unlist(copy)
         expect = damage.apply(copy)
         with contextlib.suppress(InvalidArgument):  # outside a hypothesis test
             event(f"{damage.family} -> {expect}")
@@ -709,3 +725,100 @@ def _resume(pristine: Pristine, damage: Damage) -> None:
 @given(damage=CHECKPOINT_DAMAGE)
 def test_resume_answers_every_damaged_checkpoint_more(pristine: Pristine, damage: Damage) -> None:
     _resume(pristine, damage)
+
+
+# --- the manifest: a folder mixing two runs, or a file changed after the run ---------------
+
+
+@settings(FAST, max_examples=20)
+@given(damage=npz_damage("spectrum.npz", SPECTRUM_ARRAYS) | bytes_damage(("spectrum.npz",)))
+def test_the_manifest_refuses_every_changed_file(pristine: Pristine, damage: Damage) -> None:
+    """With run.json's manifest in place, an npz whose bytes changed is refused, whether or
+    not what it holds would pass the array checks (issue 28, item 2)."""
+    original = (pristine.shards[0] / "spectrum.npz").read_bytes()
+    with damaged(pristine.shards[0], damage, unlisted=False) as (folder, _):
+        res = _invoke(["summary", str(folder)])
+        npz = folder / "spectrum.npz"
+        if npz.is_file() and npz.read_bytes() == original:
+            assert res.exit_code == 0, res.output
+            return
+        check_answer(res, "refuse", damage)
+        if npz.is_file():
+            assert "is not the file its run.json lists" in res.stderr, res.stderr
+
+
+def test_summary_refuses_a_folder_that_mixes_two_runs(pristine: Pristine, tmp_path: Path) -> None:
+    """The old run.json over the other run's spectrum.npz (what a kill between two renames
+    left, before runs were committed whole) is refused, not summarised (item 2)."""
+    mixed = tmp_path / "mixed"
+    shutil.copytree(pristine.shards[0], mixed)
+    shutil.copy(pristine.shards[1] / "spectrum.npz", mixed / "spectrum.npz")
+    res = _invoke(["summary", str(mixed)])
+    check_answer(res, "refuse", Damage("bytes", "another run's npz", lambda f: None))
+    assert f"'{mixed / 'spectrum.npz'}' is not the file its run.json lists" in res.stderr
+    assert "mixes files of two runs" in res.stderr and "--overwrite" in res.stderr
+
+
+def _relist(folder: Path, name: str) -> None:
+    """Make run.json's manifest list ``name`` as it now is (a forged, consistent folder)."""
+    from lowrank.runs.manifest import file_record
+
+    meta = json.loads((folder / "run.json").read_text())
+    meta["manifest"]["files"][name] = file_record(folder / name)
+    (folder / "run.json").write_text(json.dumps(meta))
+
+
+def _bomb(path: Path, name: str, count: int, descr: str = "<f8") -> None:
+    """Add to the npz ``path`` a member ``name`` whose header declares ``count`` 8-byte
+    zeros (8 GB for 10**9) and whose data holds 16 of them: what the header says is all a
+    reader may look at before it refuses."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": descr, "fortran_order": False, "shape": (count,)}
+    )
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{name}.npy", header.getvalue() + bytes(128))
+
+
+@pytest.mark.parametrize(
+    ("name", "count", "fragment"),
+    [
+        ("junk", 10**9, "holds an array 'junk' of 8.0 GB that its run.json does not describe"),
+        ("input_ids", None, "input_ids has shape (1000000000,), run.json says (2, 48)"),
+    ],
+)
+def test_an_npz_is_judged_by_its_headers_before_anything_is_inflated(
+    pristine: Pristine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    count: int | None,
+    fragment: str,
+) -> None:
+    """An extra member declaring 8 GB, or a named one declaring the wrong shape, is refused
+    from its header: no large member is read (item 7; summary used to take 46 s and 8 GB)."""
+    from lowrank.runs import npz as npz_module
+
+    folder = tmp_path / "run"
+    shutil.copytree(pristine.shards[0], folder)
+    path = folder / "spectrum.npz"
+    if count is None:  # input_ids declared far larger than run.json says
+        arrays = _load(path)
+        del arrays["input_ids"]
+        np.savez_compressed(path, **arrays)
+        _bomb(path, "input_ids", 10**9, "<i8")
+    else:
+        _bomb(path, name, count)
+    _relist(folder, "spectrum.npz")
+    read: list[str] = []
+    real = npz_module._load
+
+    def spy(archive: zipfile.ZipFile, member: Any) -> np.ndarray:
+        read.append(member.info.filename)
+        return real(archive, member)
+
+    monkeypatch.setattr(npz_module, "_load", spy)
+    res = _invoke(["summary", str(folder)])
+    check_answer(res, "refuse", Damage("bytes", f"{name} bomb", lambda f: None))
+    assert fragment in res.stderr, res.stderr
+    assert f"{name}.npy" not in read  # refused from the header alone

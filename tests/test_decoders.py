@@ -215,9 +215,7 @@ def test_spectrum_run_records_causal_and_the_figure_says_so(decoder_dirs, bert_d
         assert res.exit_code == 0, res.output
         meta = json.loads((out / "run.json").read_text())
         assert meta["causal"] is causal
-        assert (
-            "causal decoder: P lower-triangular" in run_title(SpectrumResult.read(out))
-        ) is causal
+        assert ("causal: P lower-triangular" in run_title(SpectrumResult.read(out))) is causal
 
 
 def test_spectrum_help_explains_causal_attention():
@@ -229,6 +227,7 @@ def test_spectrum_help_explains_causal_attention():
 
 def test_llama_loads_from_a_hub_id_in_the_local_cache(decoder_dirs, tmp_path, monkeypatch):
     """The hub path: a snapshot laid out as huggingface_hub caches it, with the hub offline."""
+    from lowrank.inputs import hub as hub
     from lowrank.inputs import models as models
 
     repo = tmp_path / "hub" / "models--lowrank-tests--tiny-llama"
@@ -241,7 +240,7 @@ def test_llama_loads_from_a_hub_id_in_the_local_cache(decoder_dirs, tmp_path, mo
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=5.0: False)
     loaded = load_model("lowrank-tests/tiny-llama")
     assert loaded.source.kind == "hub" and loaded.model_type == "llama" and loaded.causal
     assert loaded.model.config.num_key_value_heads < loaded.num_heads

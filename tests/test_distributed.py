@@ -157,6 +157,53 @@ def test_threads_backend_and_timeout_choices():
         collective_timeout({"LOWRANK_TIMEOUT": "soon"})
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LOWRANK_TIMEOUT", "inf"),
+        ("LOWRANK_TIMEOUT", "nan"),
+        ("LOWRANK_TIMEOUT", "1e20"),
+        ("LOWRANK_TIMEOUT", "1e-9"),
+        ("LOWRANK_NUM_THREADS", "99999999999999999999"),
+        ("LOWRANK_NUM_THREADS", "-3"),
+        ("LOWRANK_NUM_THREADS", "2.5"),
+    ],
+)
+def test_environment_values_are_checked_like_options(name, value):
+    """Issue 28, item 11: these were internal errors (timedelta overflow) or 20 lines of
+    C++ frames (torch.set_num_threads) before."""
+    read = collective_timeout if name == "LOWRANK_TIMEOUT" else lambda env: cpu_threads(1, env)
+    with pytest.raises(LowrankError, match=rf"^{name}='{value}' must be a ") as info:
+        read({name: value})
+    assert "\n" not in str(info.value)
+    assert collective_timeout({"LOWRANK_TIMEOUT": "604800"}) == 604800
+    assert cpu_threads(1, {"LOWRANK_NUM_THREADS": "4096"}) == 4096
+
+
+def test_a_rendezvous_that_cannot_be_reached_is_one_line(monkeypatch):
+    """Issue 28, item 11: an unreachable MASTER_ADDR printed 14 c10d warnings and waited
+    for the 300 s timeout."""
+    import socket
+
+    from lowrank.runs import distributed
+
+    launch = launch_from_env(ENV | {"RANK": "1", "LOCAL_RANK": "1"})
+    assert launch is not None
+    with pytest.raises(LowrankError, match=r"^MASTER_PORT='99999' must be a port number"):
+        distributed.check_rendezvous(launch, ENV | {"MASTER_PORT": "99999"})
+    with pytest.raises(LowrankError, match=r"^MASTER_ADDR='no-such-host.invalid' does not"):
+        distributed.check_rendezvous(launch, ENV | {"MASTER_ADDR": "no-such-host.invalid"})
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = str(probe.getsockname()[1])
+    monkeypatch.setattr(distributed, "RENDEZVOUS_WAIT", 0.5)
+    with pytest.raises(LowrankError, match=r"rank 1 cannot reach the rendezvous at 127.0.0.1"):
+        distributed.check_rendezvous(launch, ENV | {"MASTER_PORT": closed})  # after 0.5 s
+    rank0 = launch_from_env(ENV)
+    assert rank0 is not None
+    distributed.check_rendezvous(rank0, ENV | {"MASTER_PORT": closed})  # rank 0 serves it
+
+
 def test_the_report_names_the_failed_rank_first():
     posts = {0: ("lost", "reset"), 1: ("failed", "RuntimeError: boom"), 2: ("interrupted", "")}
     assert explain(4, posts, set(), 300, "reset") == "rank 1 failed: RuntimeError: boom"
@@ -371,3 +418,31 @@ def test_a_killed_rank_stops_the_other_and_leaves_the_good_run(roberta_dir, one_
     assert "this run has 1" in res.output
     _assert_same(one_process, out, tol=1e-12)
     assert json.loads((out / "run.json").read_text())["resumed_from"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_a_refusal_under_torchrun_is_lowranks_line_first(roberta_dir, tmp_path):
+    """What docs/long-runs.md says a refusal looks like: lowrank's one line first, then
+    torchrun's own report (which lowrank cannot shorten), exit code 1 (issue 28, item 10).
+    A folder another process writes is refused on rank 0, naming it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from lowrank.runs import locks\nlocks.acquire(Path(sys.argv[1]))\n"
+         "print('held', flush=True)\ntime.sleep(300)", str(tmp_path / "race")],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code, output = _finish(_torchrun(roberta_dir, tmp_path / "race", "--num-sequences", "2"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 1, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert errors == [
+        f"error: --out '{tmp_path / 'race'}' is being written by another lowrank run (pid "
+        f"{holder.pid}): wait until it ends, or choose another --out"
+    ], output
+    assert "ChildFailedError" in output and "exitcode  : 2" in output  # torchrun's report
+    assert lines.index(errors[0]) < next(i for i, ln in enumerate(lines) if "Traceback" in ln)

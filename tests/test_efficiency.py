@@ -132,7 +132,7 @@ def test_fixed_batch_run_stores_ordered_spreads_and_equal_batch_peaks(fixed_run)
         assert len(r["round_seconds_per_token"]) == 3
         assert r["seconds_per_token_min"] <= r["seconds_per_token"] <= r["seconds_per_token_max"]
     meta = json.loads((out / "run.json").read_text())
-    assert meta["format_version"] == 2
+    assert meta["format_version"] == 3
     assert "peak memory per sequence, both at batch 1" in meta["memory_saving_measure"]
     assert "median [min, max] over 3 interleaved rounds" in output
     assert "memory saving: peak memory per sequence at equal batch" in output
@@ -190,7 +190,7 @@ def test_memory_budget_rejects_non_positive_and_non_finite(tmp_path, value):
     assert not (tmp_path / "e").exists()
 
 
-def test_format_1_folders_still_plot(tmp_path):
+def test_format_1_folders_still_plot_and_summarise(tmp_path):
     out = tmp_path / "v1"
     out.mkdir()
     meta = {
@@ -215,6 +215,9 @@ def test_format_1_folders_still_plot(tmp_path):
     (out / "efficiency.json").write_text(json.dumps(data))
     paths = EfficiencyResult.read(out).draw()
     assert [p.suffix for p in paths] == [".pdf", ".png"]
+    res = CliRunner().invoke(main, ["summary", str(out), "--format", "csv"])
+    assert res.exit_code == 0, res.output  # was an internal KeyError: format 1 has no npz
+    assert "1024" in res.output and "0.5" in res.output
 
 
 def test_k_at_least_every_n_is_one_line(tmp_path):

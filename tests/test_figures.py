@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -146,18 +147,45 @@ def test_spectrum_legend_names_the_statistics_drawn(runs):
     plt.close("all")
 
 
-def test_by_layer_colour_bar_has_one_colour_per_layer(runs):
+def test_by_layer_names_each_of_few_layers_with_its_own_colour_and_dashes(runs):
     import matplotlib.pyplot as plt
 
     run = SpectrumResult.read(runs[0])
     layers = run.stats.cumulative.mean.shape[0]
     with paper_style():
         ax = plot_cumulative(run, by_layer=True)
-    colours = {line.get_color() for line in ax.get_lines() if line.get_linestyle() == "-"}
-    assert len(colours) == layers
-    bar_ax = ax.figure.axes[-1]
+    lines = [line for line in ax.get_lines() if str(line.get_label()).startswith("layer ")]
+    assert len({line.get_color() for line in lines}) == layers
+    # neighbouring layers differ in dash pattern too (MiniLM's layers 4 and 5 nearly coincide)
+    dashes = [str(line._unscaled_dash_pattern) for line in lines]  # no public getter
+    assert all(a != b for a, b in itertools.pairwise(dashes))
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [
+        f"layer {i}" for i in range(1, layers + 1)
+    ]
+    np.testing.assert_allclose(lines[0].get_ydata(), run.stats.cumulative.mean[0].mean(axis=0))
+    plt.close("all")
+
+
+def test_by_layer_colour_bar_of_a_deep_model_has_a_block_per_layer_and_round_ticks():
+    import matplotlib.pyplot as plt
+
+    from lowrank.families.spectrum.plots import _plot_layers
+
+    curves = np.cumsum(np.random.default_rng(0).random((30, 2, 16)), axis=-1)
+    with paper_style():
+        fig, ax = plt.subplots()
+        _plot_layers(curves / curves[..., -1:], np.arange(1, 17), ax)
+    assert ax.get_legend() is None and len({line.get_color() for line in ax.get_lines()}) == 30
+    bar_ax = fig.axes[-1]
     assert [t.get_text() for t in bar_ax.get_yticklabels()] == [
-        str(i) for i in range(1, layers + 1)
+        "1",
+        "5",
+        "10",
+        "15",
+        "20",
+        "25",
+        "30",
     ]
     plt.close("all")
 
@@ -211,3 +239,15 @@ def test_missing_or_malformed_run_folders_are_one_line(tmp_path, runs):
     res = CliRunner().invoke(main, ["figures", str(runs[0]), str(bad), "--out", str(tmp_path)])
     assert res.exit_code == 2 and str(bad) in res.output and "not valid JSON" in res.output
     assert "Traceback" not in res.output
+
+
+def test_layer_ticks_label_layer_one_and_round_numbers():
+    """Every family's layer axes label the same layers: all of a small model, round numbers
+    (and layer 1) of a deep one."""
+    from lowrank.plots.style import layer_ticks
+
+    assert layer_ticks(6) == [1, 2, 3, 4, 5, 6]
+    assert layer_ticks(24) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24]
+    assert layer_ticks(30) == [1, 5, 10, 15, 20, 25, 30]
+    assert layer_ticks(30, most=8) == [1, 5, 10, 15, 20, 25, 30]
+    assert layer_ticks(80) == [1, 10, 20, 30, 40, 50, 60, 70, 80]

@@ -23,9 +23,8 @@ from click.testing import CliRunner, Result
 from lowrank.cli import main
 from lowrank.errors import LowrankError
 from lowrank.families.spectrum.result import SpectrumResult
-from lowrank.families.spectrum.stats import CODEC, SpectrumStats, stats_arrays
+from lowrank.families.spectrum.stats import CODEC, SpectrumStats
 from lowrank.runs.checkpoints import write_checkpoint
-from lowrank.runs.writing import write_run
 from tests.helpers import SEQ_LEN
 
 N = str(SEQ_LEN)
@@ -72,10 +71,18 @@ def assert_one_error_line(res: Result, *fragments: str) -> str:
 
 
 def _inside(path: Any, folder: Path) -> bool:
+    """Whether ``path`` is in ``folder``, or in the private folder a run of ``folder`` is
+    written into before it replaces ``folder`` (``.<name>.new-<pid>-<token>`` beside it)."""
     try:
-        return Path(os.fsdecode(path)).resolve().is_relative_to(folder.resolve())
+        place = Path(os.fsdecode(path)).resolve()
     except (TypeError, ValueError):
         return False
+    real = folder.resolve()
+    private = f".{real.name}.new-"
+    return any(
+        p == real or (p.parent == real.parent and p.name.startswith(private))
+        for p in (place, *place.parents)
+    )
 
 
 def _fd_inside(fd: int, folder: Path) -> bool:
@@ -90,8 +97,10 @@ class Faults:
 
     ``npz``: numpy's npz writer writes a few bytes, then fails (the npz half written);
     ``fsync``: flushing a file to disk fails (the second one: after the arrays were staged);
-    ``rename``: the second rename into place fails (after the arrays replaced the old ones,
-    so the old arrays must be put back); ``savefig``: a figure is half written, then fails.
+    ``swap``: the one step that puts a whole new run folder in place fails;
+    ``rename``: the second rename of files into place fails (after the first replaced an old
+    file, which must be put back; checkpoints, figures); ``savefig``: a figure is half
+    written, then fails.
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,6 +137,17 @@ class Faults:
                 real_fsync(fd)
 
             self.monkeypatch.setattr(os, "fsync", fsync)
+        elif kind == "swap":
+            from lowrank.runs import commit
+
+            real_swap = commit._swap
+
+            def swap(stage: Path, real: Path, token: str) -> Path | None:
+                if _inside(real, folder) and due():
+                    raise self._error(code, real)
+                return real_swap(stage, real, token)
+
+            self.monkeypatch.setattr(commit, "_swap", swap)
         elif kind == "rename":
             real_replace = Path.replace
 
@@ -165,7 +185,7 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[Faults]:
 RUN_FAULTS = [
     pytest.param("npz", errno.ENOSPC, 1, id="npz-ENOSPC"),
     pytest.param("fsync", errno.EIO, 2, id="fsync-EIO"),
-    pytest.param("rename", errno.EIO, 2, id="rename-EIO"),
+    pytest.param("swap", errno.EIO, 1, id="swap-EIO"),
 ]
 REASONS = {errno.ENOSPC: "No space left on device (errno 28)", errno.EIO: "(errno 5)"}
 
@@ -299,17 +319,16 @@ def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(
 
 
 def test_a_rename_that_cannot_be_undone_says_so(tmp_path: Path, faults: Faults) -> None:
-    """When even putting the old files back fails, the line says the folder may be mixed."""
-    rng = np.random.default_rng(0)
-    stats = SpectrumStats.empty(1, 1, 4, 1).add(rng.random((2, 1, 1, 4)))
-    meta = {"format": "lowrank-spectrum", "num_layers": 1, "num_heads": 1, "seq_len": 4}
-    meta |= {"model": {"name": "m"}, "corpus": {"dataset": "d"}}
-    arrays = stats_arrays(stats) | {"input_ids": np.zeros((2, 4), dtype=np.int64)}
-    write_run(tmp_path / "r", meta, arrays, npz="spectrum.npz")
-    faults.monkeypatch.setattr(os, "link", _refuse)  # no backup of the old arrays possible
-    faults.arm("rename", tmp_path / "r", errno.EIO, nth=2)
+    """Files renamed into place one by one (a checkpoint's, a figure's): when even putting
+    the old files back fails, the line says the folder may be mixed."""
+    from lowrank.runs.writing import bytes_writer, write_files
+
+    folder = tmp_path / "r"
+    write_files(folder, [("a.txt", bytes_writer(b"old a")), ("b.txt", bytes_writer(b"old b"))])
+    faults.monkeypatch.setattr(os, "link", _refuse)  # no backup of the old files possible
+    faults.arm("rename", folder, errno.EIO, nth=2)
     with pytest.raises(LowrankError, match="may mix old and new files: write it again"):
-        write_run(tmp_path / "r", meta | {"num_sequences": 2}, arrays, npz="spectrum.npz")
+        write_files(folder, [("a.txt", bytes_writer(b"new a")), ("b.txt", bytes_writer(b"new"))])
 
 
 def _refuse(*args: Any, **kwargs: Any) -> None:

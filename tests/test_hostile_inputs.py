@@ -175,6 +175,17 @@ def _mamba_config(folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config | {"architectures": ["MambaModel"]}))
 
 
+def _nested(name: str) -> Callable[[Path], None]:
+    """``name`` holding 100,000 nested ``[``: Python's JSON parser recurses past its limit."""
+    return lambda f: (f / name).write_text("[" * 100_000)
+
+
+def _safetensors_nested_header(folder: Path) -> None:
+    header = b"[" * 100_000
+    path = folder / "model.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
 # (id, damage applied to a copy of the tiny BERT folder, fragments of the one line)
 MODEL_CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
     (
@@ -229,6 +240,38 @@ MODEL_CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
         ("do not have the shapes its config.json gives",),
     ),
     ("no-weights", lambda f: (f / "model.safetensors").unlink(), ("holds no weights",)),
+    # issue 28, items 8, 9 and 16: refused from the files, before transformers builds anything
+    (
+        "config-100000-layers",  # used to build for minutes without a word
+        lambda f: _edit_config(f, num_hidden_layers=100_000),
+        ("config.json': num_hidden_layers is 100000, not between 1 and 2000",),
+    ),
+    (
+        "config-more-layers-than-weights",
+        lambda f: _edit_config(f, num_hidden_layers=40),
+        ("weights lack", "attention tensors", "encoder.layer.2.", "(40 layers)"),
+    ),
+    (
+        "config-heads-a-string",  # used to be an internal error from transformers' validation
+        lambda f: _edit_config(f, num_attention_heads="3"),
+        ("config.json': num_attention_heads must be a whole number, got '3'",),
+    ),
+    (
+        "config-no-layers",  # used to print status lines before its error
+        lambda f: _edit_config(f, num_hidden_layers=0),
+        ("num_hidden_layers is 0",),
+    ),
+    ("config-nested", _nested("config.json"), ("config.json' nests its JSON deeper",)),
+    (
+        "tokenizer-config-nested",
+        _nested("tokenizer_config.json"),
+        ("tokenizer_config.json' nests its JSON deeper",),
+    ),
+    (
+        "safetensors-header-nested",
+        _safetensors_nested_header,
+        ("model.safetensors' is truncated or corrupt: its header is not a JSON object",),
+    ),
 ]
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from lowrank.errors import LowrankError
+from lowrank.inputs import hub as hub
 from lowrank.inputs import models as models
 from lowrank.inputs.models import load_model, resolve_model
 
@@ -41,13 +40,11 @@ def test_missing_path_and_non_model_directory(tmp_path):
 
 def test_hub_model_not_cached_and_unreachable_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=5.0: False)
-    start = time.perf_counter()
-    with pytest.raises(LowrankError, match="not in the local Hugging Face cache") as info:
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=5.0: False)
+    with pytest.raises(LowrankError, match="is not in the Hugging Face cache") as info:
         load_model("lowrank-tests/does-not-exist")
-    assert "model='DIR'" in str(info.value)
+    assert "model='DIR'" in str(info.value) and "the hub cannot be reached" in str(info.value)
     assert "\n" not in str(info.value)
-    assert time.perf_counter() - start < 30
 
 
 @pytest.mark.parametrize(
@@ -60,7 +57,7 @@ def test_hub_model_not_cached_and_unreachable_fails_fast(monkeypatch, tmp_path):
 )
 def test_a_name_close_to_a_preset_is_suggested(monkeypatch, tmp_path, name, hint):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=5.0: False)
     with pytest.raises(LowrankError) as info:
         load_model(name)
     if hint is None:
@@ -162,7 +159,7 @@ def test_corrupt_weights_in_the_hub_cache_are_named_before_loading(
     weights = snapshot / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=5.0: False)
     with pytest.raises(LowrankError, match=f"'{weights}' is truncated or corrupt"):
         load_model("lowrank-tests/tiny-roberta")
 

@@ -24,6 +24,7 @@ import lowrank
 from lowrank.errors import LowrankError
 from lowrank.families.compare.result import CompareResult
 from lowrank.families.efficiency.result import EfficiencyResult
+from lowrank.families.keys.result import KeysResult
 from lowrank.families.project.result import ProjectionResult
 from lowrank.families.scaling.result import ScalingResult
 from lowrank.families.spectrum.result import SpectrumResult
@@ -39,6 +40,7 @@ RESULT_TYPES = (
     EfficiencyResult,
     CompareResult,
     ScalingResult,
+    KeysResult,
 )
 FAMILIES = "lowrank-oracle,sparse-oracle,lsh,local-global,performer"
 TEXTS = [
@@ -109,6 +111,9 @@ def runs(roberta_dir, bert_dir) -> dict[str, Any]:
             bootstrap=50,
             **quiet,
         ),
+        "keys": lowrank.keys(
+            str(bert_dir), seq_len=32, num_sequences=2, bootstrap=10, queries=8, **quiet
+        ),
     }
 
 
@@ -149,7 +154,7 @@ def test_every_result_type_has_plot_methods():
 # (run, method, options, what the panel needs: "legend", "colorbar" or "legend-inside")
 CASES: list[tuple[str, str, dict[str, Any], str]] = [
     ("spectrum", "plot", {}, "legend-inside"),
-    ("spectrum", "plot", {"by_layer": True}, "colorbar"),
+    ("spectrum", "plot", {"by_layer": True}, "legend-inside"),
     ("spectrum", "heatmap", {}, "colorbar"),
     ("project", "plot", {"kind": "theorem1"}, "legend"),
     ("project", "plot", {"kind": "theorem2"}, "legend"),
@@ -164,11 +169,15 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
     ("compare", "plot_winners", {}, "legend"),
     ("compare", "plot_winners", {"budget": 4, "from_q_k": True}, "legend"),
     ("compare", "plot_ratio_vs_entropy", {}, "colorbar"),
-    ("compare", "plot_heatmap", {"family": "lsh"}, "colorbar"),
+    ("compare", "heatmap", {"family": "lsh"}, "colorbar"),
     ("scaling", "plot", {}, "legend"),
     ("scaling", "plot", {"measure": "rank90", "group": "layer 1"}, "legend"),
     ("scaling", "plot_c_curves", {}, "legend"),
     ("scaling", "plot_c_curves", {"layer": 0}, "legend"),
+    ("keys", "plot", {}, "legend"),
+    ("keys", "plot_topk", {}, "legend"),
+    ("keys", "plot_logits", {}, "legend"),
+    ("keys", "plot_layer", {}, "legend"),
 ]
 
 
@@ -230,8 +239,8 @@ BAD: list[tuple[str, Callable[[Any], Any], list[str]]] = [
     ("compare", lambda r: r.plot(families=["nope"]), ["lowrank-oracle", "lsh"]),
     ("compare", lambda r: r.plot_winners(budget=5), ["4", "8"]),
     ("compare", lambda r: r.plot_ratio_vs_entropy(budget=3), ["4", "8"]),
-    ("compare", lambda r: r.plot_heatmap(family="nope"), ["lowrank-oracle", "performer"]),
-    ("compare", lambda r: r.plot_heatmap(family="lsh", metric="x"), ["output_error"]),
+    ("compare", lambda r: r.heatmap(family="nope"), ["lowrank-oracle", "performer"]),
+    ("compare", lambda r: r.heatmap(family="lsh", metric="x"), ["output_error"]),
     ("scaling", lambda r: r.plot(measure="rank50"), ["rank90", "output_rank"]),
     ("scaling", lambda r: r.plot(group="layer 9"), ["layer 1", "model"]),
     ("scaling", lambda r: r.plot_c_curves(layer=7), ["0", "1"]),
@@ -293,17 +302,20 @@ def test_model_effect_title_names_every_kind_of_line_drawn(runs, ax):
     title, labels = ax.get_title(), _legend_labels(ax)
     assert "gaussian" in title and "mean-pool" in title
     assert any(label.startswith("gaussian, headwise") for label in labels)
-    assert "mean-pool (deterministic)" in labels
-    assert labels[-2:] == ["baseline: zero attention", "baseline: uniform attention"]
+    named = [line for t in ax.texts for line in t.get_text().split("\n")]
+    assert "mean-pool" in named
+    assert any(t.startswith("zero attention ") for t in named)
+    assert any(t.startswith("uniform attention ") for t in named)
 
 
 def test_verify_legend_names_eps_and_the_bound(runs, ax):
     res = runs["verify"]
     res.plot(ax)  # jl-rows on real value columns: a bound, at 1 where it says nothing
     labels = _legend_labels(ax)
-    assert labels[:2] == ["eps = 0.3", "eps = 0.5"]
+    assert labels[:2] == [r"$\varepsilon = 0.3$", r"$\varepsilon = 0.5$"]
     (bound,) = [label for label in labels if label.startswith("bound")]
-    bounds = res.arrays["bound"][list(map(str, res.arrays["series"])).index(ax.get_title())]
+    series = list(map(str, res.arrays["series"]))
+    bounds = res.arrays["bound"][series.index("jl-rows | real | values")]
     assert ("drawn at 1" in bound) == bool((bounds >= 1).any())
 
 
@@ -378,7 +390,7 @@ def test_winner_legend_names_the_families_that_win(runs, ax):
 
 def test_compare_heatmap_has_ticks_for_every_layer(runs, ax):
     res = runs["compare"]
-    res.plot_heatmap(ax, family="lowrank-oracle", budget=4)
+    res.heatmap(ax, family="lowrank-oracle", budget=4)
     layers, _ = res.arrays["entropy_mean"].shape
     assert _tick_labels(ax) == [str(i) for i in range(1, layers + 1)]
     assert "b = 4" in ax.get_title()

@@ -292,7 +292,7 @@ def test_project_command_end_to_end_with_masked_lm_head(tmp_path):
         lo, hi = r["cosine_ci"]
         assert lo <= r["cosine"] <= hi
     meta = json.loads((out / "run.json").read_text())
-    assert meta["format"] == "lowrank-projection" and meta["format_version"] == 2
+    assert meta["format"] == "lowrank-projection" and meta["format_version"] == 3
     tests = meta["baseline_tests"]
     # every method row x metric (raw, scale-free) x baseline x k, Holm-adjusted upwards
     assert len(tests) == (5 + 3) * 2 * 2 * 2  # 5 Theorem 1 rows, 3 Theorem 2 rows
@@ -534,3 +534,142 @@ def test_projector_of_a_rank_deficient_sparse_draw_has_k_columns_and_is_a_projec
     assert torch.allclose(proj @ proj, proj, atol=1e-10)  # idempotent
     e = jl_matrix("very-sparse", k, n, seeded_generator(seed))
     assert torch.allclose(e @ proj, e, atol=1e-10)  # fixes the row space of E
+
+
+# --- intervals inside the range, valid at small N (issue 25, "everywhere") ----------------------
+
+
+def test_intervals_stay_inside_the_range_where_the_t_interval_left_it():
+    from lowrank.families.project.workflow import cluster_interval
+    from lowrank.maths.stats import t_interval
+
+    # the issue's cases: two sequences gave a cosine interval up to 1.026 and a relative
+    # error interval of [-1.56, 4.81]; the old t-interval left the range
+    two_cos, two_err = np.array([0.90, 0.99]), np.array([0.5, 2.75])
+    assert t_interval(two_cos)[1] > 1 and t_interval(two_err)[0] < 0
+    for values, metric in ((two_cos, "cosine"), (two_err, "error")):
+        iv = cluster_interval(values, metric)
+        assert np.isnan(iv.low) and "too few sequences" in iv.note
+        assert iv.mean == pytest.approx(values.mean())
+    # three sequences near a bound: an interval, asymmetric, inside the range
+    cos = cluster_interval(np.array([0.97, 0.99, 0.995]), "cosine")
+    assert t_interval(np.array([0.97, 0.99, 0.995]))[1] > 1
+    assert -1 <= cos.low < cos.mean < cos.high <= 1
+    assert cos.high - cos.mean < cos.mean - cos.low  # squeezed against 1
+    err = cluster_interval(np.array([0.01, 0.2, 0.05]), "error")
+    assert 0 <= err.low < err.mean < err.high
+    free = cluster_interval(np.array([0.999, 1.0000001, 0.998]), "scale-free")  # float32
+    assert free.high <= 1.0
+    # a row that does not apply (NaN) to some sequences: those are left out
+    assert cluster_interval(np.array([np.nan, 0.2, 0.3, 0.25]), "error").n == 3
+
+
+def test_project_report_at_two_sequences_prints_no_interval(roberta_dir):
+    from lowrank import api
+
+    res = api.project(
+        str(roberta_dir),
+        seq_len=SEQ_LEN,
+        num_sequences=2,
+        k=8,
+        method="gaussian",
+        model_effect=True,
+        sharing="headwise",
+        draws=1,
+        progress=False,
+    )
+    text = res.report()
+    assert "+-" not in text and "too few sequences for an interval" in text
+    assert "N = 2: too few sequences for an interval" in text
+    for e in res.config["model_effect"]["results"]:
+        assert e["cosine_ci"] == [None, None] and e["relative_error_ci"] == [None, None]
+    assert all(t["ci"] == [None, None] for t in res.config["baseline_tests"])
+    assert res.effects()["cosine_ci_low"].isna().all()
+
+
+def test_default_k_grid_follows_n(roberta_dir, caplog, tmp_path):
+    import logging
+
+    from lowrank import api
+    from lowrank.families.project.options import k_grid
+
+    assert k_grid(None, 128) == [32, 64]  # k = n is not a projection: left out
+    assert k_grid(None, 512) == [32, 64, 128, 256]
+    assert k_grid(None, 20) == [2, 4, 8, 16]  # no grid value fits: powers of two below n
+    assert k_grid((8, 16), 20) == [8, 16]  # given: as given
+    with caplog.at_level(logging.INFO, logger="lowrank"):
+        res = api.project(
+            str(roberta_dir),
+            seq_len=SEQ_LEN,
+            num_sequences=1,
+            method="mean-pool",
+            model_effect=False,
+            progress=False,
+        )
+    assert res.ks.tolist() == [32]
+    assert "k: the default grid below n = 48: 32" in [r.getMessage() for r in caplog.records]
+    res = CliRunner().invoke(
+        main,
+        [
+            "project",
+            "--model",
+            str(roberta_dir),
+            "--seq-len",
+            "48",
+            "--num-sequences",
+            "1",
+            "--method",
+            "mean-pool",
+            "--no-model-effect",
+            "--out",
+            str(tmp_path / "p"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "p" / "run.json").read_text())["projection"]["ks"] == [32]
+
+
+def test_dtype_float32_runs_and_float16_on_the_cpu_is_one_line(roberta_dir, tmp_path):
+    from lowrank import api
+    from lowrank.errors import LowrankError
+
+    res = api.project(
+        str(roberta_dir),
+        seq_len=SEQ_LEN,
+        num_sequences=1,
+        k=8,
+        method="mean-pool",
+        model_effect=False,
+        dtype="float32",
+        device="cpu",
+        progress=False,
+    )
+    assert (
+        res.config["config"]["dtype"] == "float32" and res.config["identity"]["dtype"] == "float32"
+    )
+    with pytest.raises(LowrankError, match=r"^dtype='float16' needs device cuda"):
+        api.project(str(roberta_dir), seq_len=SEQ_LEN, k=8, dtype="float16", device="cpu")
+    for command in ("project", "verify"):
+        args = [command, "--model", str(roberta_dir), "--seq-len", str(SEQ_LEN), "--k", "8"]
+        args += ["--dtype", "float16", "--device", "cpu", "--out", str(tmp_path / command)]
+        out = CliRunner().invoke(main, args)
+        lines = [x for x in out.output.splitlines() if x.startswith("error")]
+        assert out.exit_code == 2 and lines == [
+            "error: --dtype float16 needs --device cuda; use float32 on the CPU"
+        ], out.output
+        assert not (tmp_path / command).exists()
+
+
+def test_half_precision_attention_is_measured_in_float32(roberta_dir):
+    # what a float16 model on CUDA hands the collector: P, Q, K, V in half precision
+    from lowrank.families.project.approximation import ProjectionCollector
+    from lowrank.hooks.calls import AttentionCall
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 4, generator=gen).half() for _ in range(3))
+    probs = torch.softmax(q.float() @ k.float().mT / 2, -1).half()
+    spec = ProjectionSpec(("gaussian", "svd"), (4,), draws=1)
+    sink = ProjectionCollector(spec, layers=1, heads=2, n=16)
+    sink(AttentionCall(0, probs, q, k, v, None, torch.nn.Identity()))  # no half-precision SVD
+    arrays = sink.arrays()
+    assert np.isfinite(arrays["theorem2_svd"]).all() and arrays["theorem2_svd"].dtype == np.float32

@@ -246,18 +246,29 @@ def uninterrupted(tmp_path_factory) -> Path:
     return out
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path, sig):
     out = tmp_path / "killed"
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        _cli(*RUN, "--out", str(out)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    # as from a shell that ignores SIGINT (a background job): the child would inherit the
+    # SIG_IGN, and Python installs its Ctrl-C handler only over the default disposition
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen(
+            _cli(*RUN, "--out", str(out)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            preexec_fn=_default_sigint,  # the child it kills reacts to SIGINT as a user's would
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     _wait_for_checkpoint(out, proc, 2)
     proc.send_signal(sig)
     output, _ = proc.communicate(timeout=120)

@@ -1,5 +1,7 @@
-"""``lowrank scaling``: nested windows, rank measures, fits and verdicts, and the command on a
-tiny BERT (each n a normal spectrum run, parity with the spectrum pipeline)."""
+"""``lowrank scaling``: windows, rank measures, the format-1 fits, and the command on a tiny
+BERT (each n a normal spectrum run, parity with the spectrum pipeline). The format-2 verdicts,
+the position control and the figures: ``tests/test_scaling_verdicts.py``,
+``tests/test_scaling_control.py``, ``tests/test_scaling_figures.py``."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from lowrank.families.scaling.fits import aic, bootstrap_indices, fit, plus_minu
 from lowrank.families.scaling.measures import (
     ALL_MEASURES,
     MEASURES,
-    nested_windows,
+    document_windows,
     output_rank,
     rank_measures,
 )
@@ -31,32 +33,60 @@ from lowrank.hooks.attention import AttentionCall, capture
 from lowrank.inputs.models import load_model
 from tests.helpers import reference_cumulative
 
-NS = (8, 16, 32, 64)
+NS = (8, 16, 24, 32, 64)  # five lengths: a verdict (n = 8 leaves 6 tokens of text)
 DOCS = 4
 
-# --- nested windows ----------------------------------------------------------------------------
+# --- windows -----------------------------------------------------------------------------------
 
 
-def test_nested_windows_cut_the_same_documents_to_every_n():
+def test_windows_at_the_openings_cut_the_same_documents_to_every_n():
+    """``openings`` is format 1's policy: each document's first n tokens."""
     docs = [list(range(100, 110)), [7, 8], list(range(200, 208)), list(range(300, 312))]
-    w = nested_windows(docs, (6, 4, 10), prefix=[1], suffix=[2], wanted=5)
+    w = document_windows(docs, (6, 4, 10), prefix=[1], suffix=[2], wanted=5, policy="openings")
     assert w.ns == (4, 6, 10)
     assert w.qualified == 3 and w.longest == 12  # documents of >= 8 tokens qualify
-    assert w.documents.tolist() == [0, 2, 3]
+    assert w.documents.tolist() == [0, 2, 3] and w.starts.tolist() == [0, 0, 0]
     assert w.windows[4].tolist() == [[1, 100, 101, 2], [1, 200, 201, 2], [1, 300, 301, 2]]
     assert w.windows[10][0].tolist() == [1, *range(100, 108), 2]
     for n in w.ns:  # every n holds a prefix of the same text
         assert (w.windows[n][:, 1 : n - 1] == w.windows[10][:, 1 : n - 1]).all()
+    assert w.policy["policy"] == "openings" and "first token" in w.policy["uncertainty"]
 
 
-def test_nested_windows_sample_with_a_seed_and_refuse_naming_the_longest():
+def test_matched_windows_start_at_drawn_offsets_the_same_for_every_n():
+    """``matched``: one drawn start per window, shared by every n, inside the document."""
+    docs = [list(range(1000 * k, 1000 * k + 40 + 10 * k)) for k in range(6)]
+    w = document_windows(docs, (4, 8, 16), [1], [2], wanted=6, window_seed=3)
+    again = document_windows(docs, (4, 8, 16), [1], [2], wanted=6, window_seed=3)
+    other = document_windows(docs, (4, 8, 16), [1], [2], wanted=6, window_seed=4)
+    assert (w.starts == again.starts).all() and not (w.starts == other.starts).all()
+    assert (w.starts > 0).any()  # not all at the openings
+    for row, (d, start) in enumerate(zip(w.documents, w.starts, strict=True)):
+        assert 0 <= start <= len(docs[d]) - 14  # the largest window fits
+        for n in w.ns:  # the same start for every n: a prefix of the same tokens
+            assert w.windows[n][row].tolist() == [1, *docs[d][start : start + n - 2], 2]
+    assert w.policy["starts"] == w.starts.tolist()
+    assert w.policy["documents"] == w.documents.tolist()
+    assert "random effect" in w.policy["uncertainty"]
+
+
+def test_several_windows_per_document_are_one_cluster():
+    docs = [list(range(1000 * k, 1000 * k + 200)) for k in range(3)]
+    w = document_windows(docs, (8, 16), [], [], wanted=3, per_document=2)
+    assert w.documents.tolist() == [0, 0, 1, 1, 2, 2]
+    assert w.clusters.tolist() == [0, 0, 1, 1, 2, 2]
+    first, second = w.starts[::2], w.starts[1::2]
+    assert (first < 92).all() and (second >= 92).all()  # one per half of the offsets
+
+
+def test_windows_sample_documents_with_a_seed_and_refuse_naming_the_longest():
     docs = [[5] * k for k in (30, 40, 50, 60, 9)]
-    a = nested_windows(docs, (8, 16, 32), [], [], wanted=2, seed=3)
-    b = nested_windows(docs, (8, 16, 32), [], [], wanted=2, seed=3)
+    a = document_windows(docs, (8, 16, 32), [], [], wanted=2, seed=3)
+    b = document_windows(docs, (8, 16, 32), [], [], wanted=2, seed=3)
     assert a.documents.tolist() == b.documents.tolist() and len(a.documents) == 2
     assert set(a.documents.tolist()) <= {1, 2, 3}
     with pytest.raises(LowrankError, match="the longest has 60") as info:
-        nested_windows(docs, (8, 64), [1], [2], wanted=2)
+        document_windows(docs, (8, 64), [1], [2], wanted=2)
     assert "\n" not in str(info.value)
 
 
@@ -269,7 +299,7 @@ def test_scaling_writes_one_spectrum_run_per_n(tiny_scaling, bert_dir):
         run = SpectrumResult.read(out / f"n{n}")
         assert run.config["format"] == "lowrank-spectrum" and run.seq_len == n
         assert run.config["causal"] is False and run.stats.count == DOCS
-        assert run.config["sequence_policy"]["policy"] == "nested"
+        assert run.config["sequence_policy"]["policy"] == "matched offsets"
         ids[n] = run.input_ids
         # the same statistics as the spectrum pipeline on the same sequences ...
         from lowrank.inputs.corpora import Sequences
@@ -284,7 +314,7 @@ def test_scaling_writes_one_spectrum_run_per_n(tiny_scaling, bert_dir):
         # ... and as output_attentions=True with numpy's SVD
         ref = reference_cumulative(loaded.model, run.input_ids, np.full(DOCS, n))
         assert np.abs(run.stats.cumulative.mean - ref.mean(axis=0)).max() <= 1e-6
-    for n in NS:  # nested: every n reads the beginning of the same documents
+    for n in NS:  # nested: every n reads a prefix of the same tokens
         assert (ids[n][:, 1 : n - 1] == ids[NS[-1]][:, 1 : n - 1]).all()
     assert "documents have the 62 tokens n = 64 needs; analysing 4" in res.output
 
@@ -295,13 +325,15 @@ def test_scaling_summary_matches_the_runs(tiny_scaling):
     assert meta["format"] == "lowrank-scaling" and meta["ns"] == list(NS)
     assert meta["causal"] is False and meta["documents"]["fit"] == DOCS
     assert meta["runs"] == {str(n): f"n{n}" for n in NS}
-    assert "--seq-len 8,16,32,64 " in meta["command"]  # the command reproduces the run
+    assert "--seq-len 8,16,24,32,64 " in meta["command"]  # the command reproduces the run
+    assert meta["format_version"] == 2 and meta["window_policy"]["policy"] == "matched"
+    assert meta["window_policy"]["starts"] == meta["sequence_policy"]["window_starts"]
     run = ScalingResult.read(out)
     layers = run.arrays["rank90"].shape[2]
     for s, n in enumerate(NS):
         spectrum = SpectrumResult.read(out / f"n{n}")
         for k, name in ((1, "rank90"), (2, "rank99"), (3, "effective_rank"), (4, "stable_rank")):
-            per_doc = run.arrays[name][s]  # (D, L, H)
+            per_doc = run.arrays[name][s]  # (W, L, H)
             assert np.allclose(per_doc.mean(axis=0), spectrum.stats.summaries.mean[..., k])
         assert np.allclose(run.arrays["rank90_mean"][-1, s], run.arrays["rank90"][s].mean())
         out_rank = run.arrays["output_rank"][s]
@@ -309,13 +341,45 @@ def test_scaling_summary_matches_the_runs(tiny_scaling):
         c = spectrum.stats.cumulative.mean  # (L, H, n): c at n/4 and at the fixed index 8
         assert np.allclose(run.arrays["c_at_quarter"][s].mean(axis=0), c[..., n // 4 - 1])
         assert np.allclose(run.arrays["c_at_fixed"][s].mean(axis=0), c[..., 7])
+    assert int(run.arrays["head_dim"]) == 8 and meta["verdict_rule"]["min_lengths"] == 5
     frame = run.summary()
     assert len(frame) == len(MEASURES) * (layers + 1)
+    labels = {"logarithmic", "power law", "saturating", "none fits", "cannot tell"}
     for m in MEASURES:
         for group in run.groups:
-            text = run.verdict(m, group)
-            assert text == "logarithmic" or text.startswith(("power law, beta = ", "cannot tell"))
-    assert "AIC" in res.output and "held-out" in res.output and "layer 2" in res.output
+            record = meta["verdicts"][m][group]
+            assert record["verdict"] in labels and record["text"] == run.verdict(m, group)
+            assert set(record["models"]) == {"log", "power", "saturating"}
+        # the output rank's level is bounded by d = 8
+        assert (run.arrays["output_rank_saturating_params"][:, 0] <= 8 + 1e-9).all()
+    assert "held-out error" in res.output and "% vs the 10% cut (" in res.output
+    assert "points inside" in res.output or "points outside" in res.output
+    assert "position control (n = 24): the same tokens at positions 40-63" in res.output
+
+
+def test_fewer_than_five_lengths_measure_but_give_no_verdict(bert_dir):
+    """Three lengths used to name 'power law' or 'logarithmic' (issue 25): now the means and
+    fits stay, and every verdict says why there is none, in one line, recorded too."""
+    import lowrank
+
+    res = lowrank.scaling(
+        str(bert_dir), dataset="sample-imdb", seq_len=(8, 16, 32), num_sequences=4,
+        bootstrap=50, progress=False, position_control=False,
+    )  # fmt: skip
+    assert set(res.arrays["rank90_label"]) == {"no verdict"}
+    assert res.verdict("rank90", "layer 1") == "no verdict: 3 lengths, a verdict needs 5"
+    assert res.config["verdicts"]["output_rank"]["model"] == {
+        "verdict": "no verdict",
+        "text": "no verdict: 3 lengths, a verdict needs 5",
+        "lengths": 3,
+        "min_lengths": 5,
+    }
+    assert np.isfinite(res.arrays["rank90_log_params"]).all()  # the fits are still drawn
+    assert np.isnan(res.arrays["rank90_curvature"]).all()
+    report = res.report()
+    assert "No verdict: 3 lengths, a verdict needs 5" in report
+    assert "held-out error" not in report and "power law" not in report
+    assert res.config["position_control"] == {"n": 16, "skipped": "turned off"}
 
 
 def test_scaling_refuses_when_no_document_is_long_enough(bert_dir, tmp_path):
@@ -364,3 +428,23 @@ def test_scaling_figures_are_drawn(tiny_scaling):
     assert {f"scaling_{m}.pdf" for m in MEASURES} <= names
     assert {"scaling_c_curves.pdf", "scaling_c_curves.png"} <= names
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_dtype_float32_runs_on_the_cpu_and_half_precision_is_refused_in_one_line(
+    bert_dir, tmp_path
+):
+    import lowrank
+
+    base = ["--model", str(bert_dir), "--dataset", "sample-imdb", "--seq-len", "8,16,32"]
+    base += ["--num-sequences", "2", "--bootstrap", "50", "--no-position-control"]
+    done = _scaling([*base, "--dtype", "float32", "--out", str(tmp_path / "f32")])
+    assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "f32" / "run.json").read_text())["dtype"] == "float32"
+    for dtype in ("float16", "bfloat16"):
+        res = _scaling([*base, "--dtype", dtype, "--device", "cpu", "--out", str(tmp_path / dtype)])
+        assert res.exit_code == 2 and "Traceback" not in res.output
+        (line,) = [x for x in res.output.splitlines() if x.startswith("error:")]
+        assert line == f"error: --dtype {dtype} needs --device cuda; use float32 on the CPU"
+        assert not (tmp_path / dtype).exists()  # nothing written
+    with pytest.raises(LowrankError, match=r"^dtype='float16' needs device cuda"):
+        lowrank.scaling(str(bert_dir), seq_len=(8, 16, 32), dtype="float16", device="cpu")

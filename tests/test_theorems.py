@@ -305,12 +305,33 @@ def test_verify_command_end_to_end(roberta_dir, tmp_path):
     assert {r["series"] for r in needed} == series
     assert all(r["theory_k_at_target"] is None for r in needed if r["statement"] == "paper")
     meta = json.loads((out / "run.json").read_text())
-    assert meta["delta"] == 0.5 and meta["format_version"] == 2
+    assert meta["delta"] == 0.5 and meta["format_version"] == 3
     assert "Holm" in meta["multiplicity"] and "Korn-Graubard" in meta["intervals"]
+    # every Theorem 1 event on real and synthetic P, and Theorem 2's, beside both trivial P~
+    trivial = {
+        (b["statement"], b["source"], b["vectors"], b["baseline"]) for b in meta["baselines"]
+    }
+    for name in real | synthetic | {"theorem2 | real | -"}:
+        statement, source, vectors = name.split(" | ")
+        assert {(statement, source, vectors, b) for b in ("zero", "uniform")} <= trivial, name
+    assert not any(b["source"] == "random" for b in meta["baselines"])  # no P~ in the JL rows
+    assert "sequences measured" in meta["conditional_on"]
+    assert "conditional on the sequences measured" in res.output
+    assert "\n  zero " in res.output and "\n  uniform " in res.output
+    assert all(r["trivial_meets_target"] is None for r in needed if r["statement"] == "jl-norm")
     assert "k needed for a failure rate below 0.05" in res.output
+    # progress while it measures, and the memory it expects, before the first forward pass
+    assert "real attention" in res.stderr and "synthetic" in res.stderr and "JL lemma" in res.stderr
+    assert "at peak beyond the model" in res.stderr
     assert "no proof covers it" in res.output
     arrays = np.load(out / "verify.npz")
     assert arrays["rate"].shape == (len(series), 2, 2)
+    assert arrays["baselines"].tolist() == ["zero", "uniform"]
+    assert arrays["baseline_rate"].shape == (2, len(series), 2)
+    names = arrays["series"].tolist()
+    assert np.isnan(arrays["baseline_rate"][:, names.index("jl-norm | random | -")]).all()
+    zero = arrays["baseline_rate"][0, names.index("paper | real | values")]
+    assert (zero == 1).all()  # ||0 - Pw|| = ||Pw||: the paper's wording fails every time
     png = out / "figures" / "failure_vs_k.png"
     assert png.stat().st_size > 10_000
 
@@ -360,3 +381,140 @@ def test_verify_bad_input(roberta_dir, tmp_path, args, message):
     assert res.exit_code == 2 and message in res.output, res.output
     assert "Traceback" not in res.output
     assert not (tmp_path / "v").exists()
+
+
+# --- the trivial P~ beside every event (issue 25, item 7) ---------------------------------------
+
+
+def _flat_attention(m: int = 40, n: int = 64, d: int = 4):
+    """Near-uniform attention and its values: ||Pw|| is small against ||P||_F ||w||, the case
+    where the zero matrix meets the Frobenius event."""
+    gen = torch.Generator().manual_seed(3)
+    p = torch.softmax(0.3 * torch.randn(m, n, n, generator=gen, dtype=torch.float64), -1)
+    return p, torch.randn(m, n, d, generator=gen, dtype=torch.float64)
+
+
+def test_a_holds_that_zero_also_meets_now_says_so():
+    # the old verdict, "holds" for P R^T R on the Frobenius event, was read as evidence for
+    # low rank; P~ = 0 meets the same bound on these matrices, and the verdict now says it
+    from lowrank.families.verify import baselines as trivial
+
+    p, v = _flat_attention(200)
+    n, k, eps = 64, 256, [0.5]  # bound 2n exp(-gap k / 4) = 0.043
+    fails = theorem1_failures(p, {"values": v}, k, eps, torch.Generator().manual_seed(1))
+    rate = ClusteredRate.from_clusters(fails[("jl-consistent", "values")][:, 0], np.full(200, 4))
+    row = Row("jl-consistent", "real", "values", 0.5, k, rate, theorem1_failure_bound(n, k, 0.5))
+    assign_verdicts([row])
+    assert row.verdict == "holds"  # what verify printed before
+    counts: dict = {}
+    trivial.add_theorem1(counts, "real", p, {"values": v}, eps, causal=False)
+    base = trivial.baseline_rows(counts, eps, {"values": 4})
+    zero = next(b for b in base if b.baseline == "zero" and b.statement == "jl-consistent")
+    assert zero.rate.rate < row.bound  # the zero matrix fails less often than the bound
+    assert trivial.qualify([row], base) == 1
+    assert row.verdict.startswith("holds, but so does zero")
+    # the paper's wording is never met by P~ = 0 (||0 - Pw|| = ||Pw||)
+    paper = next(b for b in base if b.baseline == "zero" and b.statement == "paper")
+    assert paper.rate.rate == 1.0
+
+
+def test_trivial_records_say_where_they_meet_the_bound():
+    from lowrank.families.verify import baselines as trivial
+
+    p, v = _flat_attention(12, 32, 3)
+    counts: dict = {}
+    trivial.add_theorem1(counts, "real", p, {"values": v}, [0.3], causal=False)
+    base = trivial.baseline_rows(counts, [0.3], {"values": 3})
+    rows = []
+    for k in (16, 256):
+        bound = theorem1_failure_bound(32, k, 0.3)
+        rows.append(Row("jl-consistent", "real", "values", 0.3, k, base[0].rate, bound))
+    records = trivial.baseline_records(base, rows, target=0.05)
+    zero = next(r for r in records if r["baseline"] == "zero" and r["statement"] == "jl-consistent")
+    # the bound shrinks with k: a trivial P~ meets it at small k, not at large k
+    bounds = {str(r.k): r.bound for r in rows}
+    assert zero["below_bound"] == {k: zero["rate"] < b for k, b in bounds.items()}
+    assert zero["pass_rate"] == pytest.approx(1 - zero["rate"])
+    assert 0 <= zero["ci_low"] <= zero["rate"] <= zero["ci_high"] <= 1
+
+
+def test_theorem2_trivial_outputs_by_hand():
+    from lowrank.families.verify import baselines as trivial
+    from lowrank.families.verify.theorems import theorem2_setup
+
+    gen = torch.Generator().manual_seed(0)
+    q, key, v = (torch.randn(2, 6, 3, generator=gen, dtype=torch.float64) for _ in range(3))
+    setup = theorem2_setup(q, key, v)
+    counts: dict = {}
+    trivial.add_theorem2(counts, setup, [0.5], causal=False)
+    # zero output: fails where ||p_i V|| > eps ||p_i|| ||V||_2
+    expected = (setup.exact.norm(dim=-1) > 0.5 * setup.rhs).sum(-1).numpy()
+    np.testing.assert_array_equal(counts[("theorem2", "real", "-", "zero")][0][:, 0], expected)
+    # uniform: the mean value row for every query
+    uniform = v.mean(-2, keepdim=True).expand_as(v)
+    lhs = (uniform - setup.exact).norm(dim=-1)
+    expected = (lhs > 0.5 * setup.rhs).sum(-1).numpy()
+    np.testing.assert_array_equal(counts[("theorem2", "real", "-", "uniform")][0][:, 0], expected)
+
+
+def test_theorem2_uses_the_models_own_p_for_a_causal_model():
+    from lowrank.families.verify.theorems import theorem2_setup
+
+    gen = torch.Generator().manual_seed(1)
+    q, key, v = (torch.randn(3, 5, 2, generator=gen, dtype=torch.float64) for _ in range(3))
+    scores = q @ key.mT / math.sqrt(2)
+    causal = torch.softmax(scores.masked_fill(torch.ones(5, 5).triu(1).bool(), -torch.inf), -1)
+    setup = theorem2_setup(q, key, v, probs=causal)
+    torch.testing.assert_close(setup.exact, causal @ v)  # not the unmasked softmax's PV
+    assert not torch.allclose(theorem2_setup(q, key, v).exact, setup.exact)
+    torch.testing.assert_close(setup.scores, scores)  # what the Linformer head projects
+
+
+def test_jl_rows_stream_r_in_chunks_and_still_match_the_exact_probabilities(monkeypatch):
+    from lowrank.families.verify import theorems
+
+    monkeypatch.setattr(theorems, "JL_CHUNK_ENTRIES", 48 * 64 * 7)  # chunks of 7 trials
+    fails = theorems.jl_failures(64, 48, [0.3], 3000, torch.Generator().manual_seed(0))
+    assert fails["jl-norm2"].shape == (3000, 1)
+    rate = ClusteredRate.from_clusters(fails["jl-norm2"][:, 0], np.ones(3000))
+    lo, hi = rate.interval(0.999)
+    assert lo <= jl_exact_failure(0.3, 48, squared=True) <= hi
+
+
+def test_memory_estimate_names_the_batch_that_fits(monkeypatch):
+    from lowrank.families.verify import memory
+
+    need = memory.estimate(heads=12, n=512, k_max=512, synthetic_count=24, jl_trials=2000)
+    assert need.peak(8) > need.peak(1)  # the forward pass grows with the batch
+    free = need.peak(2) + 1
+    monkeypatch.setattr(memory, "free_bytes", lambda device: free)
+    assert memory.check_memory(2, 12, 512, 512, 24, 2000, torch.device("cpu")) <= free
+    with pytest.raises(LowrankError, match=r"batch_size=8 needs about .* use batch_size=2 or less"):
+        memory.check_memory(8, 12, 512, 512, 24, 2000, torch.device("cpu"))
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1024)
+    with pytest.raises(LowrankError, match="use a smaller seq_len, k or synthetic_count") as err:
+        memory.check_memory(1, 12, 512, 512, 24, 2000, torch.device("cpu"))
+    assert "\n" not in str(err.value)
+
+
+def test_verify_counts_do_not_depend_on_the_batch_size(roberta_dir):
+    from lowrank.families.verify.workflow import measure_real
+    from lowrank.inputs.corpora import build_sequences, load_corpus
+    from lowrank.inputs.models import load_model
+
+    loaded = load_model(str(roberta_dir))
+    ids = build_sequences(load_corpus("sample-wiki", None), loaded.tokenizer, SEQ_LEN, 3).input_ids
+    one = measure_real(loaded, ids, [8], [0.5], 1, 0, 1.0, True)
+    three = measure_real(loaded, ids, [8], [0.5], 3, 0, 1.0, True)
+
+    # batches of 1 hand over (sequence, layer) in another order than batches of 3: the
+    # per-matrix counts are the same multiset, each R seeded by its sequence's index
+    def same(a: list[np.ndarray], b: list[np.ndarray]) -> None:
+        np.testing.assert_array_equal(np.sort(np.concatenate(a), 0), np.sort(np.concatenate(b), 0))
+
+    for key, chunks in one.t1.items():
+        same(chunks, three.t1[key])
+    same(one.t2[8], three.t2[8])
+    for key, chunks in one.base.items():
+        same(chunks, three.base[key])
+    assert sum(int(np.concatenate(c).sum()) for c in one.t1.values()) > 0

@@ -3,8 +3,10 @@
 The flags, types, defaults, choices and help of ``lowrank <family>`` all come from its
 :class:`~lowrank.core.options.Options` table; click only parses the words into values of the
 right type, and the family's API function checks them (with messages that name the flags,
-:func:`lowrank.core.options.naming`). A command runs the API function with the command line
-as the run's ``command`` and prints the result's report.
+:func:`lowrank.core.options.naming`). A command checks its options, then the paths and hub names
+they give (:mod:`lowrank.cli.preflight`, before torch is imported), takes the lock of its
+``--out`` (:mod:`lowrank.runs.locks`), runs the API function with the command line as the
+run's ``command`` and prints the result's report.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import Any
 
 import click
 
-from lowrank.cli.common import CommaList, command_line, handle_errors
+from lowrank.cli.common import CommaList, command_line, handle_errors, say
+from lowrank.cli.preflight import check_inputs
 from lowrank.core.options import SAME, Option, Options, naming
 from lowrank.errors import LowrankError
 from lowrank.registry import families
-from lowrank.runs.checkpoints import RunInterrupted
 from lowrank.runs.distributed import launch_from_env
 from lowrank.runs.family import Family
 
@@ -73,24 +75,31 @@ def build_command(family: Family) -> click.Command:
 
     @handle_errors
     def callback(**given: Any) -> None:
+        from lowrank.runs.checkpoints import RunInterrupted
+        from lowrank.runs.locks import hold
+
         ctx = click.get_current_context()
         values = dict(given)
         for option in computed:
             if values.get(option.name) is None:
                 values[option.name] = option.cli_default(values)
-        run = family.load_api()
         with naming("cli"):
             try:  # each option alone, before any work: a usage mistake points at --help
                 options.check(values)
             except LowrankError as exc:
                 raise click.UsageError(str(exc), ctx) from None
+            check_inputs(values)  # paths and the hub, before torch is imported
+            run = family.load_api()
+            lead = _lead_rank()
+            out = values.get("out") if lead else None  # rank 0 alone writes the folder
             try:
-                res = run(**values, command=command_line(ctx))
+                with hold(Path(out) if out is not None else None):  # one writer per folder
+                    res = run(**values, command=command_line(ctx))
             except RunInterrupted as stop:
-                click.echo(str(stop), err=True)
+                say(str(stop), err=True)
                 sys.exit(130)
-            if _lead_rank():
-                click.echo(res.report())
+            if lead:
+                say(res.report())
 
     return click.Command(
         family.name,
@@ -102,8 +111,12 @@ def build_command(family: Family) -> click.Command:
 
 
 def _lead_rank() -> bool:
-    """False on the ranks of a torchrun launch other than rank 0 (only rank 0 prints)."""
-    launch = launch_from_env()
+    """False on the ranks of a torchrun launch other than rank 0 (only rank 0 prints and
+    writes); a launch the variables describe badly is the family's to refuse."""
+    try:
+        launch = launch_from_env()
+    except LowrankError:
+        return True
     return launch is None or launch.rank == 0
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import math
 import os
 import shlex
+import stat
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +21,7 @@ import click
 from lowrank._version import __version__
 from lowrank.core.numeric import is_out_of_memory
 from lowrank.core.options import naming
+from lowrank.core.text import printable
 from lowrank.errors import LowrankError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,8 +72,51 @@ class CommaList(click.ParamType):
 DEBUG_ENV = "LOWRANK_DEBUG"
 
 
+def say(text: str, err: bool = False) -> None:
+    """Print a line of the command line's output, control characters escaped (text from
+    files must not drive the terminal: :func:`lowrank.core.text.printable`)."""
+    click.echo(printable(text), err=err)
+
+
 def _fail(message: str) -> None:
-    click.echo(f"error: {_one_line(message, 1000)}", err=True)
+    say(f"error: {_one_line(message, 1000)}", err=True)
+    sys.exit(2)
+
+
+class OutputLost(OSError):
+    """stdout refused the command's output (a full disk under ``> file``)."""
+
+
+def flush_output() -> None:
+    """Flush stdout and, when it is a file, sync it to disk: a full disk under
+    ``lowrank summary RUN > table.csv`` is an error, not a truncated table and exit 0.
+
+    Raises:
+        OutputLost: the write or the sync failed.
+    """
+    stream = sys.stdout
+    try:
+        stream.flush()
+        fd = stream.fileno()
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fsync(fd)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return  # not a real file (a test runner's buffer)
+    except OSError as exc:
+        raise OutputLost(exc.errno, exc.strerror) from exc
+
+
+def _output_lost(exc: OutputLost) -> None:
+    """One line and exit code 2. When stdout still holds bytes it cannot write, the process
+    ends at once: the interpreter's own last flush of them would add a traceback and turn
+    the exit code into 120."""
+    say(f"error: cannot write the output: {exc.strerror or exc}", err=True)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os._exit(2)
     sys.exit(2)
 
 
@@ -90,7 +137,7 @@ def handle_errors(func: F) -> F:
                 traceback.print_exc()
             _fail(str(exc))
         except KeyboardInterrupt:
-            click.echo("interrupted: nothing was written", err=True)
+            say("interrupted: nothing was written", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
@@ -139,6 +186,7 @@ class LowrankGroup(click.Group):
             return super().main(words, prog_name, complete_var, False, **extra)
         try:
             code = super().main(words, prog_name, complete_var, False, **extra)
+            flush_output()
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(exc.exit_code)
@@ -146,14 +194,16 @@ class LowrankGroup(click.Group):
             where = exc.ctx.command_path if exc.ctx is not None else "lowrank"
             _fail(f"{_one_line(exc.format_message())} (see '{where} --help')")
         except click.ClickException as exc:
-            click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+            say(f"error: {_one_line(exc.format_message())}", err=True)
             sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("interrupted: nothing was written", err=True)
+        except (click.Abort, KeyboardInterrupt):
+            say("interrupted: nothing was written", err=True)
             sys.exit(130)
         except BrokenPipeError:  # `lowrank summary RUN | head`: the reader left, not an error
             sys.stderr.close()
             sys.exit(0)
+        except OutputLost as exc:
+            _output_lost(exc)
         except Exception as exc:
             if _debugging():
                 raise
@@ -162,13 +212,13 @@ class LowrankGroup(click.Group):
                 # full disk under stdout): the environment, not a bug
                 if exc.filename:
                     _fail(f"cannot use '{_one_line(str(exc.filename), 120)}': {exc.strerror}")
-                _fail(f"cannot write the output: {exc.strerror or exc}")
+                _output_lost(OutputLost(exc.errno, exc.strerror or str(exc)))
             if is_out_of_memory(exc):
                 _fail(
                     f"out of memory ({type(exc).__name__}): lower --batch-size, --seq-len or "
                     "--n, or use a machine or --device with more free memory"
                 )
-            click.echo(
+            say(
                 f"internal error: {type(exc).__name__}: {_one_line(str(exc))}; please report "
                 "it with the output of the same command run with --debug",
                 err=True,
@@ -200,7 +250,7 @@ class _LineHandler(logging.Handler):
         text = record.getMessage()
         if record.levelno >= logging.WARNING:
             text = f"warning: {text}"
-        click.echo(text, err=True)
+        say(text, err=True)
 
 
 @contextmanager
@@ -208,8 +258,13 @@ def shown_messages() -> Iterator[None]:
     """Route the ``lowrank`` logger (the library never prints) to stderr while a command
     runs, and put it back as it was after (a CLI call inside a notebook leaves the library
     silent again)."""
+    from lowrank.errors import WarningsHandler
+
     logger = logging.getLogger("lowrank")
     handler, level, propagate = _LineHandler(), logger.level, logger.propagate
+    as_warnings = [h for h in logger.handlers if isinstance(h, WarningsHandler)]
+    for other in as_warnings:  # the line handler says it already
+        logger.removeHandler(other)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -217,6 +272,8 @@ def shown_messages() -> Iterator[None]:
         yield
     finally:
         logger.removeHandler(handler)
+        for other in as_warnings:
+            logger.addHandler(other)
         logger.setLevel(level)
         logger.propagate = propagate
 

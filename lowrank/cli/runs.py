@@ -12,7 +12,9 @@ from lowrank.cli.common import (
     command_line,
     handle_errors,
     main,
+    say,
 )
+from lowrank.cli.preflight import check_run_folders
 from lowrank.errors import LowrankError
 from lowrank.registry import family_of_format, load
 
@@ -78,7 +80,7 @@ def figures(
             raise LowrankError(f"runs of format {fmt!r} have no figures")
         accepted = inspect.signature(draw).parameters
         for path in draw(results, out, **{k: v for k, v in choices.items() if k in accepted}):
-            click.echo(f"figure: {path}")
+            say(f"figure: {path}")
 
 
 @main.command()
@@ -95,11 +97,16 @@ def merge(parts: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     the run over all sequences at once (up to float64 rounding). Runs of different models,
     corpora, n or sequence policies are refused.
     """
+    from lowrank.runs.locks import check_writable, hold
+
+    check_writable(out)
+    check_run_folders(parts)  # before torch is imported
     from lowrank.families.spectrum.api import merge as merge_runs
 
     command = command_line(click.get_current_context())
-    res = merge_runs(parts, out, overwrite, command=command)
-    click.echo(f"merged {len(parts)} shards ({res.count} sequences) into {out}")
+    with hold(out):  # one writer per folder
+        res = merge_runs(parts, out, overwrite, command=command)
+    say(f"merged {len(parts)} shards ({res.count} sequences) into {out}")
 
 
 def _table(df: pd.DataFrame) -> str:
@@ -156,4 +163,4 @@ def summary(run: Path, at: int | None, fmt: str) -> None:
     CSV, Markdown or JSON records; no model or corpus is needed.
     """
     table = load(run).summary(at=at) if at is not None else load(run).summary()
-    click.echo(FORMATS[fmt](table))
+    say(FORMATS[fmt](table))

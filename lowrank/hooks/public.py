@@ -178,6 +178,15 @@ def capture(
             "lowrank cannot see its Q, K and V (no query/key/value projections it knows): "
             "capture it with qkv=False"
         )
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise LowrankError(
+                f"device={device!r}: give a torch device ('cpu', 'cuda', 'cuda:1') or None"
+            ) from None
+    if not isinstance(qkv, bool):
+        raise LowrankError(f"qkv={qkv!r} must be True or False")
     found = Captured(qkv=qkv, device=device)
     with preserved(model):
         model.eval()

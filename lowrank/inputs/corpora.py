@@ -21,6 +21,7 @@ and malformed tables are refused in one line naming the file and what to do.
 
 from __future__ import annotations
 
+import logging
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,7 +35,16 @@ from lowrank.errors import LowrankError
 from lowrank.inputs import reading
 from lowrank.inputs.config import DatasetName, Policy
 from lowrank.inputs.hub import hub_reachable, offline, quiet
-from lowrank.inputs.reading import clean_review, human_size, no_text, read_table, read_text
+from lowrank.inputs.reading import (
+    check_data_path,
+    clean_review,
+    human_size,
+    no_text,
+    read_table,
+    read_text,
+)
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -149,6 +159,25 @@ def _read_acl_imdb(folder: Path, split: str) -> list[str]:
     return reviews
 
 
+_SPLIT_NAMES = ("train", "valid", "validation", "test")
+
+
+def _named_split(path: Path, split: str) -> str:
+    """The split a corpus path names itself (``wiki.valid.tokens``, an aclImdb ``train/``
+    folder), which run.json records over ``--split`` (a valid file is never labelled
+    "test"); ``split`` where the name says nothing."""
+    parts = path.name.split(".")
+    if path.is_file() and len(parts) == 3 and parts[0] == "wiki" and parts[2] in ("raw", "tokens"):
+        named = parts[1]
+    elif path.is_dir() and path.name in _SPLIT_NAMES:
+        named = path.name
+    else:
+        return split
+    if named != split:
+        log.info(f"'{path.name}' holds the {named} split: recorded as split '{named}'")
+    return named
+
+
 def _wiki_file(folder: Path, split: str) -> Path:
     for suffix in ("raw", "tokens"):
         candidate = folder / f"wiki.{split}.{suffix}"
@@ -214,16 +243,8 @@ def load_corpus(dataset: DatasetName | None, data: str | None, split: str = "tes
             text column, not parquet), or a corpus with no text.
     """
     path = Path(data).expanduser() if data else None
-    try:
-        missing = path is not None and not path.exists()
-    except OSError as exc:  # e.g. a text passed where a path is expected: name too long
-        shown = str(data) if len(str(data)) <= 60 else f"{str(data)[:57]}..."
-        raise LowrankError(
-            f"data '{shown}' is not a usable path ({exc.strerror or exc}): a string is read "
-            "as a file or folder; pass texts as a list of strings"
-        ) from None
-    if missing:
-        raise LowrankError(f"data path '{data}' does not exist")
+    if data:
+        check_data_path(data)
     if dataset is None:
         dataset = infer_dataset(path) if path is not None else "sample-wiki"
     if path is None:
@@ -236,9 +257,12 @@ def load_corpus(dataset: DatasetName | None, data: str | None, split: str = "tes
             raise LowrankError(f"dataset '{dataset}' needs a file: pass {flag('data')} PATH")
     if dataset in ("wiki103", "sample-wiki", "text"):
         file = _wiki_file(path, split) if path.is_dir() else path
+        split = _named_split(file, split)
         corpus = Corpus(dataset, "articles", str(file), split, split_articles(read_text(file)))
     elif path.is_dir():
-        corpus = Corpus(dataset, "reviews", str(path), split, _read_acl_imdb(path, split))
+        reviews = _read_acl_imdb(path, split)
+        split = split if (path / split).is_dir() else _named_split(path, split)
+        corpus = Corpus(dataset, "reviews", str(path), split, reviews)
     else:
         corpus = Corpus(dataset, "reviews", str(path), None, read_table(path))
     return _nonempty(corpus)

@@ -59,11 +59,19 @@ def token_arrays(data: Any) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
+    """``x`` (a tensor or an array) as int64; token ids must be integers (booleans are no
+    ids: a mask passed as ``input_ids`` is refused), a mask integers or booleans."""
+    if getattr(x, "is_meta", False):
+        raise LowrankError(
+            f"{name} is on the meta device (no values): give the tensor with its values"
+        )
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
-    if arr.dtype.kind not in "iub":
-        raise LowrankError(f"{name} must hold integers, not {arr.dtype}")
+    kinds = "iub" if name == "attention_mask" else "iu"
+    if arr.dtype.kind not in kinds:
+        what = "integers or booleans" if name == "attention_mask" else "integer token ids"
+        raise LowrankError(f"{name} must hold {what}, not {arr.dtype}")
     return arr.astype(np.int64)
 
 

@@ -1,11 +1,18 @@
 """The Hugging Face libraries: keep their chatter off the terminal, and ask whether the hub is
-reachable before they spend minutes retrying."""
+reachable before they spend minutes retrying.
+
+:func:`check_hub_model` and :func:`check_hub_dataset` answer, before transformers or
+datasets is imported, whether a hub model or dataset is cached or reachable at all: the
+command line asks them first, so that an offline machine says so in a second.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from lowrank.errors import LowrankError
 
 NOISY = ("huggingface_hub", "transformers", "datasets")
 
@@ -87,3 +94,71 @@ def offline() -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_OFFLINE = previous
+
+
+# --- before anything heavy is imported: is what the hub should give there at all? -------------
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def cached_model(repo: str) -> bool:
+    """Whether the hub model ``repo``'s config.json is in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except (ValueError, OSError):  # not a valid repo id: loading says so
+        return True
+
+
+def check_hub_model(name: str, repo: str, preset: bool, hint: str = "") -> None:
+    """Refuse at once a hub model that is neither cached nor reachable, saying what to do
+    (without transformers: the check takes a TCP connection, not a minute of retries).
+    ``hint`` follows the name (`` (did you mean the preset 'minilm'?)``).
+
+    Raises:
+        LowrankError: naming the model, the cache and the three ways to get it.
+    """
+    if cached_model(repo) or hub_reachable():
+        return
+    from lowrank.core.options import named
+
+    what = f"the preset '{name}' is the hub model {repo}; it" if preset else f"model '{name}'"
+    raise LowrankError(
+        f"{what}{hint} is not in the Hugging Face cache ({_hub_cache()}) and the hub cannot be "
+        f"reached: run it once where the network reaches huggingface.co (it is kept in the "
+        f"cache; set HF_HOME to share one), or there run `hf download {repo} --local-dir DIR` "
+        f"and pass {named('model', 'DIR')}"
+    )
+
+
+def cached_dataset(repo: str) -> bool:
+    """Whether anything of the hub dataset ``repo`` is in the local caches (the hub's, or
+    the ``datasets`` library's); a true answer only means loading may work offline."""
+    import os
+    from pathlib import Path
+
+    hub = Path(_hub_cache()) / f"datasets--{repo.replace('/', '--')}"
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    library = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets")
+    return hub.exists() or any(library.glob(f"{repo.replace('/', '___')}*"))
+
+
+def check_hub_dataset(dataset: str, repo: str) -> None:
+    """Refuse at once a hub dataset that is neither cached nor reachable.
+
+    Raises:
+        LowrankError: naming the dataset and how to pass a local copy.
+    """
+    if cached_dataset(repo) or hub_reachable():
+        return
+    from lowrank.core.options import flag
+
+    raise LowrankError(
+        f"dataset '{dataset}' ({repo}) is not in the local cache and the hub cannot be "
+        f"reached: pass a local copy with {flag('data')}"
+    )

@@ -7,6 +7,7 @@ inside transformers. Only headers and directories are read, never the tensors.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from lowrank.errors import LowrankError
@@ -32,6 +33,11 @@ def read_model_json(path: Path) -> object:
         raise LowrankError(
             f"'{path}' is not valid JSON ({first_line(exc)}): re-download or re-save the model"
         ) from exc
+    except RecursionError:  # thousands of nested brackets: no model writes that
+        raise LowrankError(
+            f"'{path}' nests its JSON deeper than Python can read: it is not a model's file; "
+            "re-download or re-save the model"
+        ) from None
 
 
 def first_line(exc: BaseException) -> str:
@@ -76,10 +82,11 @@ def _damaged(path: Path, detail: str) -> LowrankError:
     )
 
 
-def _check_safetensors(path: Path) -> None:
+def _check_safetensors(path: Path) -> dict[str, object]:
     """Check a safetensors file's layout: an 8-byte little-endian header length, a JSON header
     mapping each tensor to ``data_offsets`` [begin, end) in the data that follows, and data
-    covering exactly those bytes. Only the header is read, so any size is checked at once."""
+    covering exactly those bytes. Only the header is read, so any size is checked at once;
+    returns the header (tensor name -> dtype, shape, offsets)."""
     import json
 
     size = path.stat().st_size
@@ -92,7 +99,7 @@ def _check_safetensors(path: Path) -> None:
             raise _damaged(path, f"a header of {length} bytes in a file of {size} bytes")
         try:
             header = json.loads(fh.read(length))
-        except ValueError:
+        except (ValueError, RecursionError):
             header = None
     if not isinstance(header, dict):
         raise _damaged(path, "its header is not a JSON object")
@@ -112,6 +119,7 @@ def _check_safetensors(path: Path) -> None:
         held = size - 8 - length
         what = "holds" if held < end else "has trailing bytes after"
         raise _damaged(path, f"its tensors need {end} bytes of data and the file {what} {held}")
+    return header
 
 
 def _check_torch_file(path: Path) -> None:
@@ -152,13 +160,138 @@ def _shards(index: Path) -> list[Path]:
     return [index.parent / n for n in names]
 
 
+# --- config.json against the weights ---------------------------------------------------------
+
+# Whole-number fields of config.json that size the model, and the most any real model has:
+# beyond that a value is a typo or a hostile file (100000 layers hangs the build).
+_COUNTS = {
+    "num_hidden_layers": 2_000,
+    "n_layer": 2_000,
+    "num_attention_heads": 4_096,
+    "n_head": 4_096,
+    "num_key_value_heads": 4_096,
+    "hidden_size": 1 << 17,
+    "n_embd": 1 << 17,
+    "head_dim": 1 << 14,
+    "intermediate_size": 1 << 20,
+    "max_position_embeddings": 1 << 24,
+    "n_positions": 1 << 24,
+    "vocab_size": 1 << 24,
+}
+_LAYER = re.compile(r"(?:^|\.)(?:layers?|h|blocks?)\.(\d+)\.")
+
+
+def _count(raw: dict[str, object], *keys: str) -> int | None:
+    return next((v for k in keys if isinstance(v := raw.get(k), int)), None)
+
+
+def _memory_bytes() -> int | None:
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_config(folder: Path, files: list[Path], names: list[str] | None) -> None:
+    """Refuse a ``config.json`` that transformers would choke on, or that does not describe
+    the weights beside it, before any model is built.
+
+    Sizes (layers, heads, widths) must be whole numbers in a plausible range; a config that
+    asks for more layers than the weights hold (tensor names ``...layers.<i>.``, read from
+    the safetensors headers ``names``), more weights than the files hold (at least
+    layers x hidden x min(hidden, heads x head_dim) bytes, the query and output projections
+    at half a byte per weight), or weights larger than this machine's memory is refused.
+
+    Raises:
+        LowrankError: naming the file, the field and what to do.
+    """
+    path = folder / "config.json"
+    if not path.is_file():
+        return
+    raw = read_model_json(path)
+    if not isinstance(raw, dict):
+        raise LowrankError(f"'{path}' is not a JSON object: re-download or re-save the model")
+    for key, limit in _COUNTS.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LowrankError(
+                f"'{path}': {key} must be a whole number, got {value!r}: fix config.json or "
+                "re-save the model"
+            )
+        if not 1 <= value <= limit:
+            raise LowrankError(
+                f"'{path}': {key} is {value}, not between 1 and {limit}: fix config.json or "
+                "re-save the model"
+            )
+    _check_against_weights(path, raw, files, names)
+
+
+def _renumber(name: str, layer: int) -> str:
+    """``encoder.layer.1.attention...`` as the same tensor of ``layer``."""
+    match = _LAYER.search(name)
+    return name if match is None else f"{name[: match.start(1)]}{layer}{name[match.end(1) :]}"
+
+
+def _check_layers(path: Path, layers: int, names: list[str]) -> None:
+    """Refuse a config asking for more layers than the tensor names hold, naming the
+    attention tensors the missing layers would lack (they would be random)."""
+    held = {int(m[1]) for name in names if (m := _LAYER.search(name))}
+    if not held or layers <= max(held) + 1:
+        return
+    last = max(held)
+    template = [n for n in names if (m := _LAYER.search(n)) and int(m[1]) == last]
+    attention = [n for n in template if "attn" in n or "attention" in n] or template
+    missing = [_renumber(name, i) for i in range(last + 1, layers) for name in sorted(attention)]
+    raise LowrankError(
+        f"model folder '{path.parent}': its weights lack {len(missing)} attention tensors its "
+        f"config.json asks for (e.g. {missing[0]}), which would be random: the config "
+        f"({layers} layers) does not match the weights ({last + 1} layers); re-save the model"
+    )
+
+
+def _check_against_weights(
+    path: Path, raw: dict[str, object], files: list[Path], names: list[str] | None
+) -> None:
+    layers = _count(raw, "num_hidden_layers", "n_layer")
+    if layers is None or not files:
+        return
+    if names:
+        _check_layers(path, layers, names)
+    stored = sum(f.stat().st_size for f in files)
+    hidden = _count(raw, "hidden_size", "n_embd")
+    heads = _count(raw, "num_attention_heads", "n_head")
+    if hidden is not None:
+        width = hidden
+        head_dim = _count(raw, "head_dim")
+        if heads is not None and head_dim is not None:
+            width = min(hidden, heads * head_dim)
+        least = layers * hidden * width  # bytes: 2 projections of hidden x width, 4 bits each
+        if least > stored:
+            raise LowrankError(
+                f"'{path}' describes {layers} layers of width {hidden}, at least "
+                f"{least / 1e9:.1f} GB of weights, but the weight files hold "
+                f"{stored / 1e9:.2f} GB: the config does not match the weights; re-save the "
+                "model"
+            )
+    memory = _memory_bytes()
+    if memory is not None and stored > memory:
+        raise LowrankError(
+            f"the weights of '{path.parent}' take {stored / 1e9:.1f} GB, more than this "
+            f"machine's {memory / 1e9:.1f} GB of memory"
+        )
+
+
 def check_model_files(folder: Path, complete: bool = True) -> None:
     """Refuse, in one line naming the file, a model folder transformers would choke on.
 
     Reads only headers and directories, never the tensors: the JSON files it parses
     (:data:`JSON_FILES`), the weights it would read (the first of :data:`WEIGHT_FILES`,
     with every shard an index names) checked by :func:`_check_safetensors` and
-    :func:`_check_torch_file`.
+    :func:`_check_torch_file`, and ``config.json`` against them (:func:`check_config`).
 
     Args:
         folder: a folder written by ``save_pretrained`` (or a hub cache snapshot).
@@ -185,13 +318,46 @@ def check_model_files(folder: Path, complete: bool = True) -> None:
                 f"'{folder}' holds no weights (model.safetensors or pytorch_model.bin, or "
                 "their sharded index): save the model with save_pretrained"
             )
+        check_config(folder, [], None)
         return
     files = _shards(weights) if weights.name.endswith(".index.json") else [weights]
+    names: list[str] | None = []
     for file in files:
         try:
             if file.suffix == ".safetensors":
-                _check_safetensors(file)
+                names = [*(names or []), *_check_safetensors(file)] if names is not None else None
             else:
                 _check_torch_file(file)
+                names = None  # a pickle's tensor names are not read (that would run it)
         except OSError as exc:
             raise LowrankError(f"cannot read '{file}': {exc.strerror or exc}") from exc
+    check_config(folder, files, names)
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files ``from_pretrained`` reads from ``folder``: the first of
+    :data:`WEIGHT_FILES` present, or every shard its index names (empty: none)."""
+    weights = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
+    if weights is None:
+        return []
+    return _shards(weights) if weights.name.endswith(".index.json") else [weights]
+
+
+def weights_digest(folder: Path) -> str | None:
+    """``sha256:<hex>`` over the weight files of a model folder (names and bytes, in
+    order), what a run records of a local model; None when the folder holds none or cannot
+    be read. Reads every byte of the weights (about 1 s per GB)."""
+    import hashlib
+
+    try:
+        files = weight_files(folder)
+        if not files:
+            return None
+        h = hashlib.sha256()
+        for file in files:
+            with file.open("rb") as fh:
+                h.update(file.name.encode() + b"\0")
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+    except (OSError, LowrankError):
+        return None
+    return f"sha256:{h.hexdigest()}"

@@ -21,7 +21,7 @@ from lowrank.core.options import named
 from lowrank.errors import LowrankError
 from lowrank.inputs.config import MODEL_PRESETS
 from lowrank.inputs.gguf import gguf_model_folder, packaged_gguf
-from lowrank.inputs.hub import hub_reachable, quiet
+from lowrank.inputs.hub import check_hub_model, quiet
 from lowrank.inputs.model_files import check_model_files, first_line, read_model_json
 from lowrank.inputs.routes import SUPPORTED_FAMILIES, capture_route
 
@@ -267,13 +267,9 @@ def _load_hub(source: ModelSource, dtype: torch.dtype) -> tuple[Any, Any]:
             return _from_pretrained(source.location, True, dtype)
         except OSError:
             pass  # not cached: go to the hub below
-    if not hub_reachable():
-        raise LowrankError(
-            f"model '{source.name}' is not in the local Hugging Face cache and the hub cannot "
-            f"be reached{_did_you_mean(source.name)}: on a machine with a network run "
-            f"save_pretrained (or `hf download {source.location} --local-dir DIR`) and pass "
-            f"{named('model', 'DIR')}"
-        )
+    preset = source.name in MODEL_PRESETS
+    hint = "" if preset else _did_you_mean(source.name)
+    check_hub_model(source.name, source.location, preset=preset, hint=hint)
     try:
         return _from_pretrained(source.location, False, dtype)
     except (OSError, ValueError) as exc:

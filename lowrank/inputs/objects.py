@@ -203,6 +203,11 @@ def memory_model(
             f"{type(model).__name__}"
         )
     label = model_label(model)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise LowrankError(
+            f"model '{label}' has weights on the meta device (created without loading them): "
+            "load the model's weights first (from_pretrained, or load_state_dict)"
+        )
     check_capturable(label, model.config.to_dict())
     layers, heads, positions = _shape(model.config)
     here = _model_device(model)
@@ -353,7 +358,7 @@ def prepare_any(
         sequences = _texts_again(corpus, loaded.tokenizer, config)
     check_token_ids(sequences, loaded.model)
     prep = Prepared(corpus, loaded, sequences, device, MEMORY if is_memory_data(data) else None)
-    report(prep, config, in_memory=is_memory_data(data))
+    report(prep, config)
     return prep
 
 

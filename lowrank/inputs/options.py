@@ -135,6 +135,14 @@ def output(
         ),
         Option("overwrite", False, "Replace a run folder of another configuration.", "bool"),
         Option("plot", False, plot, "bool"),
+        Option(
+            "label",
+            None,
+            "The run's name in figures and tables (default: its model and corpus, e.g. "
+            "'all-MiniLM-L6-v2 / WikiText-103').",
+            "str",
+            optional=True,
+        ),
     )
 
 

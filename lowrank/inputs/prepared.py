@@ -97,17 +97,18 @@ def prepare(config: InputConfig) -> Prepared:
     return prep
 
 
-def report(prep: Prepared, config: InputConfig, *, in_memory: bool = False) -> None:
+def report(prep: Prepared, config: InputConfig) -> None:
     """Log what was prepared: the model's shape, the sequences, and anything short of asked.
 
-    With ``in_memory`` data, fewer sequences than ``--num-sequences`` is an info line (the
-    user holds the data and knows its size), not a warning.
+    Fewer sequences than asked is a warning (a :class:`~lowrank.errors.LowrankWarning` in a
+    notebook), for texts passed in memory too: 20 paragraphs rarely hold 20 sequences of 512
+    tokens, and the run's N is what its intervals rest on.
     """
     corpus, loaded, sequences, device = prep.corpus, prep.loaded, prep.sequences, prep.device
     policy = sequences.policy
     n_seq = len(sequences.lengths)
     if n_seq < config.num_sequences:
-        (log.info if in_memory else log.warning)(
+        log.warning(
             f"corpus '{corpus.name}' yields {policy['available']} sequences of {config.seq_len} "
             f"tokens, fewer than {named('num_sequences', config.num_sequences)}: analysing {n_seq}"
         )

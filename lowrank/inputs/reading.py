@@ -321,3 +321,22 @@ def no_text(source: str | Path) -> LowrankError:
         f"corpus '{source}' holds no text (it is empty or only white space): pass a corpus "
         "with at least one non-blank document"
     )
+
+
+def check_data_path(data: str | Path) -> None:
+    """Refuse at once a corpus path that does not exist (or cannot be a path), as
+    :func:`lowrank.inputs.corpora.load_corpus` would after its imports.
+
+    Raises:
+        LowrankError: naming the path.
+    """
+    try:
+        missing = not Path(data).expanduser().exists()
+    except OSError as exc:  # a name too long, a loop of links
+        shown = str(data) if len(str(data)) <= 60 else f"{str(data)[:57]}..."
+        raise LowrankError(
+            f"data '{shown}' is not a usable path ({exc.strerror or exc}): a string is read "
+            "as a file or folder; pass texts as a list of strings"
+        ) from None
+    if missing:
+        raise LowrankError(f"data path '{data}' does not exist")

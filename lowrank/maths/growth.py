@@ -100,7 +100,9 @@ class Assessment:
     @property
     def adequate(self) -> bool:
         """Fitted, predicts the held-out n within the tolerance, residuals unpatterned."""
-        return math.isfinite(self.fit.rss) and self.heldout <= self.tolerance and not self.patterned
+        return bool(
+            math.isfinite(self.fit.rss) and self.heldout <= self.tolerance and not self.patterned
+        )
 
     def line(self, criterion: str) -> str:
         """What the model rests on, with every margin to its cut."""

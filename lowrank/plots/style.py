@@ -86,8 +86,8 @@ def side_legend(ax: Axes, handles: list[Any] | None = None, **options: Any) -> N
         "bbox_to_anchor": (1.02, 1.0),
         "borderaxespad": 0.0,
         "frameon": False,
-        "fontsize": "x-small",
-        "title_fontsize": "x-small",
+        "fontsize": "small",
+        "title_fontsize": "small",
     }
     kwargs.update(options)
     if handles is not None:
@@ -120,8 +120,8 @@ def below_legend(
         "borderaxespad": 0.0,
         "ncol": ncol,
         "frameon": False,
-        "fontsize": "x-small",
-        "title_fontsize": "x-small",
+        "fontsize": "small",
+        "title_fontsize": "small",
     }
     kwargs.update(options)
     if handles is not None:
@@ -139,7 +139,7 @@ def merged_legend(fig: Figure, axes: Iterable[Axes], ncol: int = 5, **options: A
         "loc": "outside lower center",
         "ncol": max(1, min(len(entries), ncol)),
         "frameon": False,
-        "fontsize": "x-small",
+        "fontsize": "small",
     }
     kwargs.update(options)
     fig.legend(list(entries.values()), list(entries), **kwargs)
@@ -231,3 +231,10 @@ def per_run(results: Sequence[R], out: Path) -> list[tuple[R, Path]]:
         name = Path(path).name if path is not None else f"run{index}"
         names.append(name if name not in names else f"{name}-{index}")
     return [(result, out / name) for result, name in zip(results, names, strict=True)]
+
+
+def layer_ticks(count: int, most: int = 12) -> list[int]:
+    """Round layer numbers to label, at most about ``most``: every layer, or the multiples
+    of 2, 5, 10 or 20, with layer 1 where the next label is 5 or more away."""
+    step = next((s for s in (1, 2, 5, 10, 20) if count / s <= most), 50)
+    return ([1] if step >= 5 else []) + list(range(step, count + 1, step))

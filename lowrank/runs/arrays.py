@@ -71,15 +71,24 @@ def check_arrays(
                 raise LowrankError(f"'{path}': {name} {problem}")
 
 
-def _problem(a: np.ndarray, s: ArraySpec) -> str | None:
+def layout_problem(dtype: np.dtype, shape: tuple[int, ...], s: ArraySpec) -> str | None:
+    """What is wrong with an array of ``dtype`` and ``shape`` for ``s`` (None: nothing);
+    needs no values, so an npz member is checked from its header alone."""
     kinds, words = _KINDS[s.kind]
-    if a.dtype.kind not in kinds:
-        return f"must hold {words}, not {a.dtype}"
-    if len(a.shape) != len(s.shape) or any(
-        want is not None and got != want for got, want in zip(a.shape, s.shape, strict=True)
+    if dtype.kind not in kinds:
+        return f"must hold {words}, not {dtype}"
+    if len(shape) != len(s.shape) or any(
+        want is not None and got != want for got, want in zip(shape, s.shape, strict=True)
     ):
         expected = ", ".join("any" if d is None else str(d) for d in s.shape)
-        return f"has shape {a.shape}, run.json says ({expected}{',' if len(s.shape) == 1 else ''})"
+        return f"has shape {shape}, run.json says ({expected}{',' if len(s.shape) == 1 else ''})"
+    return None
+
+
+def _problem(a: np.ndarray, s: ArraySpec) -> str | None:
+    layout = layout_problem(a.dtype, a.shape, s)
+    if layout:
+        return layout
     if s.kind == "float" and s.finite and not np.isfinite(a).all():
         return "holds NaN or infinite values"
     if s.minimum is not None or s.maximum is not None:

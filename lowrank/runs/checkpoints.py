@@ -8,6 +8,8 @@ module knows no family.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -19,9 +21,9 @@ from lowrank.runs.folders import (
     CHECKPOINT_JSON,
     CHECKPOINT_NPZ,
     read_checkpoint_info,
-    read_npz,
     restart_advice,
 )
+from lowrank.runs.npz import read_npz
 from lowrank.runs.writing import bytes_writer, json_bytes, write_files
 
 T = TypeVar("T")
@@ -69,6 +71,7 @@ def write_checkpoint(
     total: int,
     command: str,
     codec: Codec[T],
+    fingerprint: dict[str, Any] | None = None,
 ) -> None:
     """Save each rank's accumulators and the next sequence index atomically (npz, then json).
 
@@ -76,7 +79,9 @@ def write_checkpoint(
     ``[0, next_index)``. One part is stored under the run folder's array names, several under
     ``rank{r}.``-prefixed ones. The npz carries ``next_index`` and ``world_size`` itself, so a
     crash between the two renames leaves a checkpoint that is still consistent. A failed
-    write leaves the previous checkpoint as it was.
+    write leaves the previous checkpoint as it was. ``fingerprint`` (of every sequence of
+    the run and the model, :mod:`lowrank.runs.manifest`) is kept in checkpoint.json, so that
+    a resume on other inputs is refused.
     """
     arrays: dict[str, Any] = {
         "next_index": np.array(next_index),
@@ -93,6 +98,7 @@ def write_checkpoint(
         "total": total,
         "world_size": len(parts),
         "command": command,
+        **({"fingerprint": fingerprint} if fingerprint is not None else {}),
     }
     write_files(
         out,
@@ -123,7 +129,7 @@ def read_checkpoint(
         raise LowrankError(f"the checkpoint in '{out}' belongs to another configuration")
     path = out / CHECKPOINT_NPZ
     try:
-        data = read_npz(path)
+        data = read_npz(path, unnamed_limit=False)
         total = min(t for t in (info.get("total"), sequences, 2**62) if t is not None)
         parts, next_index = _checkpoint_parts(path, data, info, identity, total, codec)
     except LowrankError as exc:
@@ -165,3 +171,19 @@ def _checkpoint_parts(
 def clear_checkpoint(out: Path) -> None:
     for name in (CHECKPOINT_JSON, CHECKPOINT_NPZ):
         (out / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (schedulers, `kill`) like Ctrl-C, so partial results are saved."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -114,8 +114,18 @@ def choose_backend(requested: Backend | None, cuda: bool) -> Backend:
     return requested or ("nccl" if cuda else "gloo")
 
 
+MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds: a week; beyond it a timeout is a typo
+MIN_TIMEOUT = 1.0  # seconds: below it no rank can answer a collective in time
+MAX_THREADS = 4096  # CPU threads per rank: more than any machine has
+
+
 def collective_timeout(env: Mapping[str, str] | None = None) -> float:
-    """Seconds a collective may wait for the other ranks (``LOWRANK_TIMEOUT``, default 300)."""
+    """Seconds a collective may wait for the other ranks (``LOWRANK_TIMEOUT``, default 300),
+    a finite number in [1, 604800] (a week), checked like an option.
+
+    Raises:
+        LowrankError: ``LOWRANK_TIMEOUT='inf' must be a number of seconds in [1, 604800]``.
+    """
     env = os.environ if env is None else env
     text = env.get(TIMEOUT_ENV)
     if text is None:
@@ -123,30 +133,85 @@ def collective_timeout(env: Mapping[str, str] | None = None) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise LowrankError(f"{TIMEOUT_ENV}={text!r}: give the collective timeout in seconds")
+        value = float("nan")
+    if not MIN_TIMEOUT <= value <= MAX_TIMEOUT:  # NaN and infinities fail too
+        raise LowrankError(
+            f"{TIMEOUT_ENV}={text[:40]!r} must be a number of seconds in "
+            f"[{MIN_TIMEOUT:g}, {MAX_TIMEOUT:g}]: the collective timeout (default "
+            f"{DEFAULT_TIMEOUT:g})"
+        )
     return value
 
 
 def cpu_threads(local_world: int, env: Mapping[str, str] | None = None) -> int:
-    """CPU threads per rank: ``LOWRANK_NUM_THREADS``, else this process's cores / local ranks.
+    """CPU threads per rank: ``LOWRANK_NUM_THREADS`` (a whole number in [1, 4096]), else this
+    process's cores / local ranks.
 
     torchrun sets OMP_NUM_THREADS=1 itself whenever it starts several processes, so that
     variable cannot tell the user's choice from the launcher's and is not read here.
+
+    Raises:
+        LowrankError: a value that is not a whole number in range.
     """
     env = os.environ if env is None else env
     text = env.get(THREADS_ENV)
     if text is not None:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise LowrankError(f"{THREADS_ENV}={text!r}: give a number of threads >= 1")
+        value = int(text) if text.strip().isdigit() and len(text.strip()) <= 6 else 0
+        if not 1 <= value <= MAX_THREADS:
+            raise LowrankError(
+                f"{THREADS_ENV}={text[:40]!r} must be a whole number of threads in "
+                f"[1, {MAX_THREADS}]"
+            )
         return value
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // max(local_world, 1))
+
+
+def check_rendezvous(launch: Launch, env: Mapping[str, str] | None = None) -> None:
+    """``MASTER_ADDR`` and ``MASTER_PORT`` checked before torch.distributed tries them for
+    minutes: the port a whole number in [1, 65535], the address one that resolves, and, on
+    the ranks that connect to it (all but rank 0, and every rank under torchrun, whose agent
+    serves it), one that answers within 10 s.
+
+    Raises:
+        LowrankError: naming the variable, its value and what to do.
+    """
+    env = os.environ if env is None else env
+    addr, port_text = env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", "")
+    port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else 0
+    if not 1 <= port <= 65535:
+        raise LowrankError(f"MASTER_PORT={port_text[:40]!r} must be a port number in [1, 65535]")
+    try:
+        socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise LowrankError(
+            f"MASTER_ADDR={addr[:80]!r} does not resolve ({_one_line(exc)}): give the host of "
+            "rank 0 (torchrun sets it; with --rdzv-endpoint, that host)"
+        ) from None
+    served = env.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    if launch.rank == 0 and not served:
+        return  # rank 0 serves the rendezvous itself
+    deadline = time.monotonic() + RENDEZVOUS_WAIT
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=10):
+                return
+        except ConnectionRefusedError:  # the host answers; its server may not be up yet
+            if time.monotonic() > deadline:
+                raise _unreachable(launch, addr, port, "connection refused") from None
+            time.sleep(0.5)
+        except OSError as exc:  # no route, no answer: it will not come
+            raise _unreachable(launch, addr, port, exc.strerror or str(exc)) from None
+
+
+RENDEZVOUS_WAIT = 60.0  # seconds a rank waits for rank 0's rendezvous server to come up
+
+
+def _unreachable(launch: Launch, addr: str, port: int, why: str) -> LowrankError:
+    return LowrankError(
+        f"rank {launch.rank} cannot reach the rendezvous at {addr}:{port} ({why}): check "
+        "MASTER_ADDR and MASTER_PORT, or start the ranks with torchrun"
+    )
 
 
 def merge_in_order(parts: list[M]) -> M:

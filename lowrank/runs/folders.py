@@ -5,16 +5,17 @@ family's npz (the numbers) and sometimes tables (see docs/run-folders.md). Readi
 ``run.json`` against its family's schema and ``format_version``
 (:mod:`lowrank.runs.schema`) and every array's dtype, shape and finiteness against it
 (:mod:`lowrank.runs.arrays`); a damaged file is one :class:`LowrankError` line naming it.
-Writing is in :mod:`lowrank.runs.writing`.
+Arrays are read by :mod:`lowrank.runs.npz` (headers first); the manifest and fingerprint
+of :mod:`lowrank.runs.manifest` are checked by :class:`~lowrank.runs.formats.RunFormat`.
+Writing is in :mod:`lowrank.runs.writing` and :mod:`lowrank.runs.commit`.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, NoReturn
 
 from lowrank.core.options import switch
 from lowrank.errors import LowrankError
@@ -55,13 +56,26 @@ def read_json(path: Path) -> Any:
         raise LowrankError(f"'{path}' is not valid JSON (truncated?): {exc}") from exc
 
 
+def missing_folder(folder: Path) -> NoReturn:
+    """Refuse a run folder that does not exist, naming what an interrupted write of it left
+    beside it, if anything."""
+    aside = sorted(folder.parent.glob(f".{glob.escape(folder.name)}.old-*"))
+    if aside:
+        raise LowrankError(
+            f"run folder '{folder}' does not exist: a write that was interrupted left its "
+            f"runs in '{aside[0]}' and beside it; the next write of '{folder}' puts the "
+            "complete one back (or rename it yourself)"
+        )
+    raise LowrankError(f"run folder '{folder}' does not exist")
+
+
 def read_meta(folder: Path, fmt: str, schema: type[RunMeta], newest: int) -> dict[str, Any]:
     """``run.json`` of a run folder, checked to be of format ``fmt``, of a format version
     at most ``newest``, and to match ``schema`` (:mod:`lowrank.runs.schema`)."""
     if not folder.is_dir():
         if folder.exists():
             raise LowrankError(f"run folder '{folder}' is a file, not a folder")
-        raise LowrankError(f"run folder '{folder}' does not exist")
+        missing_folder(folder)
     meta_path = folder / RUN_JSON
     if not meta_path.is_file():
         raise LowrankError(f"'{folder}' is not a run folder: it has no {RUN_JSON}")
@@ -74,18 +88,29 @@ def read_meta(folder: Path, fmt: str, schema: type[RunMeta], newest: int) -> dic
     return meta
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an npz file of a run folder (no pickles)."""
-    if not path.is_file():
-        raise LowrankError(f"run folder '{path.parent}' has no {path.name}")
+def run_files(folder: Path) -> set[str]:
+    """The names in ``folder`` that belong to the run its run.json describes (its npz and
+    tables, its ``n<n>`` folders): what a new run replaces rather than keeps. Empty when
+    there is no readable run.json."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except Exception as exc:
-        # any failure to decode the bytes is damage: zipfile, zlib, numpy's header parser
-        # and its allocator (a header claiming a huge shape) each raise their own types
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0]
-        raise LowrankError(f"'{path}' is corrupted or truncated: {reason}") from exc
+        meta = json.loads((folder / RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return set()
+    if not isinstance(meta, dict):
+        return set()
+    names: set[str] = set()
+    manifest = meta.get("manifest")
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if isinstance(files, dict):
+        names |= {str(name).split("/")[0] for name in files}
+    fmt = meta.get("format")
+    if isinstance(fmt, str) and fmt.startswith("lowrank-"):
+        stem = fmt.removeprefix("lowrank-")
+        names |= {f"{stem}.npz", f"{stem}.csv", f"{stem}.json"}
+    ns = meta.get("ns")
+    if isinstance(ns, list):
+        names |= {f"n{n}" for n in ns if isinstance(n, int) and not isinstance(n, bool)}
+    return names
 
 
 def read_checkpoint_info(out: Path) -> dict[str, Any]:

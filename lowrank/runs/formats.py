@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from lowrank.runs.arrays import ArraySpec, check_arrays
-from lowrank.runs.folders import read_meta, read_npz
+from lowrank.runs.arrays import ArraySpec
+from lowrank.runs.folders import read_meta
+from lowrank.runs.manifest import check_manifest, without_manifest
+from lowrank.runs.npz import read_npz
 from lowrank.runs.schema import RunMeta
 
 ArraySpecs = Callable[[Mapping[str, Any], Mapping[str, np.ndarray]], dict[str, ArraySpec]]
@@ -50,7 +52,10 @@ class RunFormat:
         return {"format": self.name, "format_version": self.version}
 
     def read(self, folder: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """run.json and the npz of a run folder, both validated before any number is used.
+        """run.json and the npz of a run folder, both validated before any number is used:
+        the files against run.json's manifest (:mod:`lowrank.runs.manifest`; the manifest
+        is left out of the returned run.json), the npz's declared arrays before they are
+        read and their values after (:mod:`lowrank.runs.npz`).
 
         Raises:
             LowrankError: a missing, damaged, newer or foreign folder, in one line naming the
@@ -58,9 +63,10 @@ class RunFormat:
         """
         path = Path(folder)
         meta = read_meta(path, self.name, self.schema, self.version)
+        check_manifest(path, meta)  # a folder mixing two runs is refused before any array
+        meta = without_manifest(meta)
         npz = path / self.npz
         if int(meta.get("format_version", 1)) < self.npz_since and not npz.exists():
             return meta, {}
-        arrays = read_npz(npz)
-        check_arrays(npz, arrays, self.arrays(meta, arrays))
+        arrays = read_npz(npz, lambda found: self.arrays(meta, found))
         return meta, arrays

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from lowrank.families.compare.options import OPTIONS
 from lowrank.families.compare.result import CompareResult
-from lowrank.inputs.config import PAPER_SEQ_LEN, DatasetName, Device, Policy
+from lowrank.inputs.config import PAPER_SEQ_LEN, DatasetName, Device, DType, Policy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -32,6 +32,7 @@ def compare(
     seed: int | None = None,
     policy: Policy = "auto",
     device: Device = "auto",
+    dtype: DType | None = None,
     num_sequences: int = 16,
     budget: int | Sequence[int] = (16, 32, 64, 128),
     families: str | Sequence[str] = "all",
@@ -47,6 +48,7 @@ def compare(
     out: str | Path | None = None,
     overwrite: bool = False,
     plot: bool = False,
+    label: str | None = None,
     progress: bool = True,
     command: str | None = None,
 ) -> CompareResult:
@@ -69,6 +71,9 @@ def compare(
             out of order.
         families: ``--families``: ``"all"``, comma-separated names, or a list of names.
         globals: ``--globals``, the global tokens of local-global.
+        dtype: ``--dtype``: float32 (the default for a model loaded by name), or float16 /
+            bfloat16 on CUDA (refused on the CPU); a model object keeps its own dtype. The
+            captured Q, K, V and P are converted to float64 for every error.
         out: the run folder to write (``compare.npz``, ``run.json``); None writes nothing.
         overwrite: replace another run in ``out``.
         plot: also draw the comparison figures into ``<out>/figures`` (needs ``out``).
@@ -82,14 +87,14 @@ def compare(
     Returns:
         a :class:`CompareResult`: arrays named as in ``compare.npz`` (e.g. ``output_error_mean``
         [F, K, L, H], ``entropy_mean`` [L, H], ``winner`` [K, L, H]), ``summary(at=b)``,
-        ``report()``, ``plot()``, ``save()``.
+        ``report()``, ``plot()``, ``heatmap()``, ``save()``.
 
     Raises:
         LowrankError: any bad option or input, with the CLI's one-line message.
     """
     call = dict(locals())
     values = OPTIONS.check(call)
-    from lowrank.families.compare.collect import CompareSpec
+    from lowrank.families.compare.spec import CompareSpec
     from lowrank.families.compare.workflow import compare_identity, run_compare
     from lowrank.inputs.config import InputConfig
     from lowrank.inputs.objects import is_memory_data, is_memory_model, model_label, settle_config
@@ -110,7 +115,7 @@ def compare(
         seed=draw_seed,
     )
     folder = require_out(values)
-    config = settle_config(InputConfig.of(values), model, data)
+    config = settle_config(InputConfig.of(values), model, data, dtype=dtype)
     spec.check(config.seq_len)
     if folder is not None and not is_memory_data(data):
         identity = compare_identity(config, spec)
@@ -119,6 +124,8 @@ def compare(
         check_out_dir(folder, identity, overwrite)
     provenance = Provenance.of(compare, call, command)
     res = run_compare(model, tokenizer, data, config, spec, provenance, workers, progress)
+    if label is not None:
+        res.config["label"] = label
     if folder is not None:
         res.save(folder, overwrite=overwrite)
         if plot:

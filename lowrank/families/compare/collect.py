@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from lowrank.core.options import flag, named
 from lowrank.core.random import seeded_generator
 from lowrank.errors import LowrankError
 from lowrank.families.compare.fast import ChunkContext, fast_metrics
@@ -30,13 +29,8 @@ from lowrank.families.compare.kernels import (
     uniform_attention,
 )
 from lowrank.families.compare.methods import (
-    BASELINES,
     CAUSAL_OK,
-    FAMILIES,
     METRICS,
-    ORACLES,
-    PinvMethod,
-    SupportMethod,
     attention_scores,
     causal_lsh,
     causal_mask,
@@ -51,67 +45,18 @@ from lowrank.families.compare.methods import (
     masked_softmax,
     restrict,
     scatterbrain_split,
-    variants,
 )
 from lowrank.families.compare.metrics import errors, row_entropy, sink_mass
-from lowrank.families.compare.names import Metric
+from lowrank.families.compare.spec import PARITY_TOLERANCE, CompareSpec, parity_tolerance
 from lowrank.hooks.attention import AttentionCall
+from lowrank.maths.budgets import output_floor
 from lowrank.maths.spectra import cumulative, effective_rank
 from lowrank.maths.stats import RunningMoments
 
 HEAD_STATS = ("entropy", "sink_mass", "effective_rank")
-PARITY_TOLERANCE = 1e-4  # captured float32 P against softmax(Q K^T scale) in float64
+# the metrics kept per sequence (the findings' bootstrap resamples sequences): METRICS[:2]
+PER_SEQUENCE_METRICS = ("probs_error", "output_error")
 _SALT = {"linformer": 1, "lsh": 2, "performer": 3, "scatterbrain-lsh": 4, "scatterbrain": 5}
-
-
-@dataclass(frozen=True)
-class CompareSpec:
-    """What ``lowrank compare`` measures."""
-
-    budgets: tuple[int, ...] = (16, 32, 64, 128)  # b: about n b numbers per attention
-    families: tuple[str, ...] = FAMILIES
-    rounds: int = 2  # LSH hash rounds
-    globals_: int = 2  # global tokens of local-global (special tokens, then the first)
-    pinv: PinvMethod = "iterative"  # Nystrom's pseudo-inverse: the paper's 6 iterations
-    support: SupportMethod = "lsh"  # Scatterbrain's sparse part: LSH (the paper's) or top-b
-    split: float = 0.5  # share of Scatterbrain's budget spent on its sparse part
-    metric: Metric = "output"  # the error that picks the winner
-    focus: int | None = None  # budget of the finding and heatmaps (None: the second)
-    seed: int = 0  # seed of the random draws: E, rotations, features
-
-    @property
-    def rows(self) -> tuple[str, ...]:
-        """Names along the family axis of the results: the families' variants, baselines."""
-        return tuple(v for f in FAMILIES if f in self.families for v in variants(f)) + BASELINES
-
-    @property
-    def oracles(self) -> tuple[str, ...]:
-        """Rows that read more than Q and K: P itself, or (Scatterbrain with a top-b
-        support) every score of the row."""
-        extra = ("scatterbrain",) if self.support == "topk" else ()
-        return tuple(r for r in self.rows if r in ORACLES + extra)
-
-    @property
-    def focus_budget(self) -> int:
-        return self.focus if self.focus is not None else self.budgets[min(1, len(self.budgets) - 1)]
-
-    def check(self, n: int) -> None:
-        """The options against each other and against n (``--seq-len``); each option alone
-        is checked by its declaration (:mod:`lowrank.families.compare.options`)."""
-        for b in self.budgets:
-            if b > n:
-                raise LowrankError(
-                    f"{named('budget', b)} exceeds n = {n}: choose budgets <= {flag('seq_len')}"
-                )
-        if self.focus is not None and self.focus not in self.budgets:
-            raise LowrankError(
-                f"{named('focus_budget', self.focus)} is not one of {flag('budget')}"
-            )
-        if self.globals_ > n:
-            raise LowrankError(
-                f"{named('globals', self.globals_)} exceeds n = {n}: local-global has at most n "
-                "global tokens"
-            )
 
 
 def is_causal(call: AttentionCall) -> bool:
@@ -126,7 +71,12 @@ class CompareCollector:
     ``metrics[layer]`` holds moments of shape (F, K, H, 4) (metrics in :data:`METRICS`
     order), ``attended[layer]`` and ``coverage[layer]`` (F, K, H) the keys attended per
     query and the share of P's mass on them (NaN where the family has no mask),
-    ``head_stats[layer]`` (3, H) in :data:`HEAD_STATS` order, ``c_at[layer]`` (K, H).
+    ``head_stats[layer]`` (3, H) in :data:`HEAD_STATS` order, ``c_at[layer]`` (K, H),
+    ``floor[layer]`` (K, H) the output floor of a rank-b P~ (:func:`output_floor`). Per
+    sequence it keeps ``per_sequence[layer]``, batches of (B, F, K, H, 2) errors
+    (:data:`PER_SEQUENCE_METRICS`), and ``entropy[layer]``, batches of (B, H): the findings
+    resample sequences. ``gap`` is the largest |captured P - rebuilt P| seen, ``tolerance``
+    the largest gap allowed so far (:func:`parity_tolerance`, by the captured dtype).
     Set ``special`` to the batch's (B, n) special-token mask before each forward pass.
 
     The (sequence, head) matrices of a layer are cut into chunks of ``chunk`` matrices,
@@ -148,7 +98,14 @@ class CompareCollector:
     coverage: list[RunningMoments] = field(default_factory=list)
     head_stats: list[RunningMoments] = field(default_factory=list)
     c_at: list[RunningMoments] = field(default_factory=list)
+    floor: list[RunningMoments] = field(default_factory=list)
+    per_sequence: list[list[np.ndarray]] = field(default_factory=list)
+    entropy: list[list[np.ndarray]] = field(default_factory=list)
     draws: dict[tuple[str, int, int], Any] = field(default_factory=dict)
+    gap: float = 0.0
+    tolerance: float = PARITY_TOLERANCE
+    dtype: str = "float32"
+    scale: float | None = None  # the factor of Q K^T in the scores (None: 1 / sqrt(d))
 
     def __post_init__(self) -> None:
         f, k, h = len(self.spec.rows), len(self.spec.budgets), self.heads
@@ -157,6 +114,9 @@ class CompareCollector:
         self.coverage = [RunningMoments.empty((f, k, h)) for _ in range(self.layers)]
         self.head_stats = [RunningMoments.empty((len(HEAD_STATS), h)) for _ in range(self.layers)]
         self.c_at = [RunningMoments.empty((k, h)) for _ in range(self.layers)]
+        self.floor = [RunningMoments.empty((k, h)) for _ in range(self.layers)]
+        self.per_sequence = [[] for _ in range(self.layers)]
+        self.entropy = [[] for _ in range(self.layers)]
 
     def __call__(self, call: AttentionCall) -> None:
         layer = call.layer
@@ -165,8 +125,15 @@ class CompareCollector:
         from lowrank.core.numeric import check_finite
 
         check_finite(call.probs, layer)
+        if not (call.probs_from_qk and call.qkv):
+            raise LowrankError(
+                f"layer {layer + 1} ({type(call.module).__name__}) adds terms of its own to the "
+                "attention scores (position biases, soft-capping, sinks) or hides Q and K: lowrank "
+                "compare rebuilds P from Q and K and needs plain scaled dot-product attention"
+            )
         batch, heads, n, d = call.query.shape
         self.causal = is_causal(call)
+        self.scale = call.scale
         with _one_torch_thread():
             self._prepare_draws(layer, heads, n, d)
         special = self._special(batch, n).cpu()
@@ -181,6 +148,8 @@ class CompareCollector:
             torch.zeros(total, len(HEAD_STATS), dtype=torch.float64),
             torch.zeros(total, len(budgets), dtype=torch.float64),
             torch.zeros(total, dtype=torch.float64),
+            torch.zeros(total, len(budgets), dtype=torch.float64),
+            torch.zeros(total, dtype=torch.float64),
         )
         spans = [(lo, min(lo + self.chunk, total)) for lo in range(0, total, self.chunk)]
 
@@ -192,12 +161,7 @@ class CompareCollector:
 
         with _one_torch_thread():
             _parallel(work, spans, self.workers)
-        gap = float(out.gap.max())
-        if gap > PARITY_TOLERANCE:
-            raise LowrankError(
-                f"layer {layer + 1}: the captured P differs from softmax(Q K^T / sqrt(d)) "
-                f"by {gap:.2g}; lowrank compare needs standard scaled dot-product attention"
-            )
+        self._check_parity(layer, out, str(call.probs.dtype).removeprefix("torch."))
 
         def per_head(x: torch.Tensor) -> np.ndarray:
             """(B H, F, K, ...) -> (B, F, K, H, ...)"""
@@ -212,6 +176,24 @@ class CompareCollector:
         self.c_at[layer] = self.c_at[layer].add(
             out.c_at.reshape(batch, heads, -1).movedim(1, 2).numpy()
         )
+        floor = out.floor.reshape(batch, heads, -1).movedim(1, 2).numpy()  # (B, K, H)
+        self.floor[layer] = self.floor[layer].add(floor)
+        self.per_sequence[layer].append(per_head(out.metrics)[..., :2].copy())  # float64
+        self.entropy[layer].append(stats[:, HEAD_STATS.index("entropy")])  # (B, H)
+
+    def _check_parity(self, layer: int, out: _Out, dtype: str) -> None:
+        """Refuse a layer whose captured P is not softmax(Q K^T / sqrt(d)) within the
+        tolerance of its dtype (:func:`parity_tolerance`)."""
+        tolerance = parity_tolerance(dtype, float(out.max_score.max()))
+        gap = float(out.gap.max())
+        self.gap, self.tolerance = max(self.gap, gap), max(self.tolerance, tolerance)
+        self.dtype = dtype
+        if gap > tolerance:
+            raise LowrankError(
+                f"layer {layer + 1}: the captured P differs from softmax(Q K^T / sqrt(d)) "
+                f"by {gap:.2g} (allowed in {dtype}: {tolerance:.2g}); lowrank compare needs "
+                "standard scaled dot-product attention"
+            )
 
     def _chunk(
         self,
@@ -228,12 +210,14 @@ class CompareCollector:
         n, d = q.shape[-2:]
         causal = bool(self.causal)
         tril = causal_mask(n) if causal else None
-        scale = d**-0.5
+        scale = self.scale if self.scale is not None else d**-0.5
         scores = attention_scores(q, k, scale)  # (c, n, n)
         p = masked_softmax(scores, tril)  # the exact P in float64
         out.gap[lo:hi] = (p - captured).abs().amax(dim=(-2, -1))
+        out.max_score[lo:hi] = scores.abs().amax(dim=(-2, -1))  # masked -inf never reach here
         del captured
         exact = p @ v
+        out.floor[lo:hi] = torch.from_numpy(output_floor(exact.numpy(), self.spec.budgets))
         p_rows = torch.linalg.vector_norm(p, dim=-1) ** 2  # (c, n) ||P_i||^2
         norms = (p_rows.sum(-1).sqrt(), torch.linalg.vector_norm(exact, dim=(-2, -1)))
         s, u = left_singular(p)
@@ -361,7 +345,9 @@ class CompareCollector:
         return approx, support
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The npz arrays: [family, budget, layer, head] per metric, per-head statistics."""
+        """The npz arrays: [family, budget, layer, head] per metric, per-head statistics,
+        ``output_floor`` [K, L, H] (mean over sequences), ``per_sequence_error``
+        [S, F, K, L, H, 2] (float64) and ``entropy_per_sequence`` [S, L, H]."""
         count = self.metrics[0].count
         out: dict[str, np.ndarray] = {"num_sequences": np.array(count)}
         mean = np.stack([m.mean for m in self.metrics], axis=2)  # (F, K, L, H, 4)
@@ -377,6 +363,16 @@ class CompareCollector:
             out[f"{name}_std"] = np.stack([m.std()[i] for m in self.head_stats])
         out["c_at_budget_mean"] = np.stack([m.mean for m in self.c_at], axis=1)  # (K, L, H)
         out["c_at_budget_std"] = np.stack([m.std() for m in self.c_at], axis=1)
+        out["output_floor"] = np.stack([m.mean for m in self.floor], axis=1)  # (K, L, H)
+        out["output_floor_std"] = np.stack([m.std() for m in self.floor], axis=1)
+        # (S, F, K, L, H, 2): every batch's sequences, layers stacked on axis 3
+        out["per_sequence_error"] = np.stack(
+            [np.concatenate(batches) for batches in self.per_sequence], axis=3
+        )
+        out["per_sequence_metrics"] = np.array(PER_SEQUENCE_METRICS)
+        out["entropy_per_sequence"] = np.stack(
+            [np.concatenate(batches) for batches in self.entropy], axis=1
+        )  # (S, L, H)
         return out
 
 
@@ -390,6 +386,8 @@ class _Out:
     stats: torch.Tensor  # (B H, 3)
     c_at: torch.Tensor  # (B H, K)
     gap: torch.Tensor  # (B H,) max |P(Q, K) - captured P|
+    floor: torch.Tensor  # (B H, K) output floor of a rank-b P~
+    max_score: torch.Tensor  # (B H,) max |Q K^T scale|
 
 
 def _tensors(call: AttentionCall) -> list[torch.Tensor]:

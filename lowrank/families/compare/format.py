@@ -11,11 +11,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from pydantic import model_validator
 
 from lowrank.families.compare import FAMILY
 from lowrank.runs.arrays import ArraySpec, length, names
 from lowrank.runs.formats import RunFormat
 from lowrank.runs.schema import AnalysisMeta, Count, Open, Positive
+
+VERSION = 2
+"""Format 2 (issue 25) adds ``output_floor``, ``per_sequence_error``, ``entropy_per_sequence``
+and ``finding`` as a record (text, metric, resampling); format 1 folders still load, with
+their finding as text and the verdicts' intervals from their means (layers only)."""
 
 
 class CompareSettings(Open):
@@ -31,7 +37,16 @@ class CompareMeta(AnalysisMeta):
     focus_budget: Positive
     winner_metric: str
     oracles: list[str] | None = None
-    finding: str | None = None
+    finding: str | dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _finding_of_its_version(self) -> CompareMeta:
+        """A finding as text belongs to format 1, a record to format 2 and later."""
+        if self.format_version >= 2 and not isinstance(self.finding, dict):
+            raise ValueError(f"finding must be an object in format version {self.format_version}")
+        if self.format_version < 2 and isinstance(self.finding, dict):
+            raise ValueError("finding is a format-2 record, but format_version is 1")
+        return self
 
 
 def compare_array_spec(
@@ -42,10 +57,15 @@ def compare_array_spec(
     e.g. to a causal model), ``attended_mean``/``coverage_mean`` alike, per-head statistics
     ``<stat>_{mean,std}`` ``[layers, heads]`` and ``c_at_budget_*`` ``[B, layers, heads]``
     (finite), ``winner``/``winner_from_q_k`` ``[B, layers, heads]`` in -1..F-1 (-1: none),
-    ``applicable`` ``[F]``, ``input_ids`` ``[N, n]``."""
+    ``applicable`` ``[F]``, ``input_ids`` ``[N, n]``; from format 2 (required there):
+    ``output_floor`` ``[B, layers, heads]`` in [0, 1], ``per_sequence_error``
+    ``[N, F, B, layers, heads, 2]`` (NaN where a family does not apply),
+    ``entropy_per_sequence`` ``[N, layers, heads]``."""
     n, plane = int(meta["seq_len"]), (int(meta["num_layers"]), int(meta["num_heads"]))
     f, b = length(arrays, "families"), length(arrays, "budgets")
     table = (f, b, *plane)
+    since2 = int(meta.get("format_version", 1)) >= 2
+    seqs = meta["num_sequences"]
     spec = {
         "families": ArraySpec("str", (None,)),
         "budgets": ArraySpec("int", (None,), minimum=1, maximum=n),
@@ -58,6 +78,13 @@ def compare_array_spec(
         "coverage_mean": ArraySpec("float", table, finite=False, required=False),
         "c_at_budget_mean": ArraySpec("float", (b, *plane)),
         "c_at_budget_std": ArraySpec("float", (b, *plane), minimum=0, required=False),
+        "output_floor": ArraySpec("float", (b, *plane), minimum=0, maximum=1, required=since2),
+        "output_floor_std": ArraySpec("float", (b, *plane), minimum=0, required=False),
+        "per_sequence_error": ArraySpec(
+            "float", (seqs, f, b, *plane, 2), finite=False, required=since2
+        ),
+        "per_sequence_metrics": ArraySpec("str", (2,), required=False),
+        "entropy_per_sequence": ArraySpec("float", (seqs, *plane), minimum=0, required=since2),
     }
     top = None if f is None else f - 1
     for name in ("winner", "winner_from_q_k"):
@@ -75,7 +102,7 @@ def compare_array_spec(
 
 FORMAT = RunFormat(
     name=FAMILY.format,
-    version=1,
+    version=VERSION,
     npz="compare.npz",
     schema=CompareMeta,
     arrays=compare_array_spec,

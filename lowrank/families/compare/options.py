@@ -24,16 +24,19 @@ HELP = """Low-rank against sparse, LSH, local, kernel and Nystrom attention, hea
 For every family at every budget b (about n b numbers per n x n attention) and every
 (layer, head): ||P~ - P||_F / ||P||_F, the head-output error ||P~V - PV|| / ||PV||, the
 scale-free output error and the output cosine, built from the real captured Q, K, V and
-P; means and spreads over sequences go to <out>/compare.npz, with each head's entropy,
-sink mass, c at b and effective rank. Prints the winner per head and whether the
-advantage of low-rank over sparse rises with entropy (Scatterbrain, Chen et al. 2021).
+P (all maths in float64, whatever --dtype the model runs in); means and spreads over
+sequences go to <out>/compare.npz, with each head's entropy, sink mass, c at b, effective
+rank and output floor. Prints the winner per head and how well entropy separates the heads
+where the sparse oracle beats the low-rank oracle, on both metrics (AUC and rank correlation
+with intervals over sequences and layers; Scatterbrain, Chen et al. 2021), and the two at
+equal stored numbers and equal scores computed.
 """
 
 OPTIONS = Options(
     "compare",
     HELP,
     merge(
-        model_and_corpus(num_sequences=16, batch_size=4, dtype=False),
+        model_and_corpus(num_sequences=16, batch_size=4),
         (
             Option(
                 "budget",

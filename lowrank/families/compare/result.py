@@ -6,6 +6,7 @@ draw it directly.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ METRIC_LABEL: dict[str, str] = {
 }
 
 
-@dataclass
+@dataclass(repr=False)  # RunResult's short repr
 class CompareResult(RunResult):
     """A ``lowrank compare`` run: low-rank against sparse, LSH, kernel and Nystrom attention.
 
@@ -51,7 +52,14 @@ class CompareResult(RunResult):
     - ``entropy_mean``, ``sink_mass_mean``, ``effective_rank_mean`` (and ``_std``) [L, H];
       ``c_at_budget_mean``, ``c_at_budget_std`` [K, L, H];
     - ``winner``, ``winner_from_q_k`` [K, L, H]: index into ``families`` of the least
-      error (-1: none applies); ``applicable`` [F]; ``num_sequences``; ``input_ids`` [N, n].
+      error (-1: none applies); ``applicable`` [F]; ``num_sequences``; ``input_ids`` [N, n];
+    - from format 2: ``output_floor`` (and ``_std``) [K, L, H], the least output error of
+      any rank-b P~ (mean over sequences); ``per_sequence_error`` [N, F, K, L, H, 2]
+      (``probs_error``, ``output_error`` of every sequence); ``entropy_per_sequence``
+      [N, L, H].
+
+    The oracles (best rank b, top b) are optimal for ``probs_error`` only; the verdicts on
+    them (``config["findings"]``, :meth:`sparse_vs_lowrank`) name their metric.
     """
 
     FORMAT = FORMAT
@@ -101,6 +109,8 @@ class CompareResult(RunResult):
         for name in ("entropy", "sink_mass", "effective_rank"):
             frame[name] = self.arrays[f"{name}_mean"].ravel()
         frame["c_at_budget"] = self.arrays["c_at_budget_mean"][ki].ravel()
+        if "output_floor" in self.arrays:  # format 2: the least output error of rank b
+            frame["output_floor"] = self.arrays["output_floor"][ki].ravel()
         table = self.table(metric)
         for fi, family in enumerate(self.families):
             frame[family] = table[fi, ki].ravel()
@@ -122,7 +132,8 @@ class CompareResult(RunResult):
         self, at: int | None = None, metric: str | None = None, **options: Any
     ) -> pd.DataFrame:
         """One row per (layer, head) at budget ``at`` (default: the run's focus budget):
-        entropy, sink mass, effective rank, c at the budget, each family's mean error on
+        entropy, sink mass, effective rank, c at the budget, the output floor (format 2),
+        each family's mean error on
         ``metric`` (default: the metric that picks the winner) and the winner.
 
         Raises:
@@ -141,6 +152,8 @@ class CompareResult(RunResult):
         key = str(self.config["winner_metric"])
         budgets, rows = self.budgets, self.families
         lines = ["", f"{METRIC_LABEL[key]}: median over heads of the mean over sequences"]
+        if key != "probs_error":
+            lines.append("(the oracles are optimal for ||P~ - P||_F only)")
         lines.append("  family                " + "".join(f"{'b=' + str(b):>9}" for b in budgets))
         table = self.arrays[f"{key}_mean"]
         for i, name in enumerate(rows):
@@ -150,7 +163,11 @@ class CompareResult(RunResult):
                 continue
             medians = np.nanmedian(flat, axis=1)
             lines.append(f"  {name:<22}" + "".join(f"{v:>9.4f}" for v in medians))
-        lines += ["", str(self.config.get("finding", ""))]
+        floor = self.arrays.get("output_floor")
+        if key == "output_error" and floor is not None:
+            medians = np.nanmedian(floor.reshape(len(budgets), -1), axis=1)
+            lines.append(f"  {'floor: any rank-b P~':<22}" + "".join(f"{v:>9.4f}" for v in medians))
+        lines += ["", finding_text(self.config.get("finding"))]
         if self.path is not None:
             out = self.path
             lines.append(f"run folder: {out}  ({out / 'run.json'}, {out / FORMAT.npz})")
@@ -186,9 +203,10 @@ class CompareResult(RunResult):
         legend: bool = True,
     ) -> Axes:
         """Median over heads of each family's error against the budget, with the
-        interquartile band (:func:`lowrank.families.compare.plots.plot_error_vs_budget`);
-        ``families`` picks the lines (default all), ``legend`` sits below the axes.
-        Returns the axes.
+        interquartile range as a bar (:func:`lowrank.families.compare.plots.plot_error_vs_budget`);
+        ``families`` picks the series (default: both oracles, the best three families from
+        Q and K at the focus budget and the uniform baseline; on the output error the output
+        floor of a rank-b P~ too), ``legend`` sits below the axes. Returns the axes.
 
         Raises:
             LowrankError: a metric or family this run does not have.
@@ -219,8 +237,9 @@ class CompareResult(RunResult):
     def plot_ratio_vs_entropy(
         self, ax: Axes | None = None, *, budget: int | None = None, metric: str | None = None
     ) -> Axes:
-        """ln(err low-rank / err sparse) of the oracles against each head's entropy, a
-        colour per layer. Returns the axes.
+        """ln(err sparse / err low-rank) of the oracles against each head's entropy (> 0:
+        low-rank better; the ratio of the printed finding), a colour per layer, titled with
+        the verdict (heads won, AUC and rho with their intervals). Returns the axes.
 
         Raises:
             LowrankError: the run lacks either oracle, or a budget or metric it does not have.
@@ -232,7 +251,7 @@ class CompareResult(RunResult):
         budget = self._budget_option(budget)
         return plot_ratio_vs_entropy(self, budget, self._metric(metric), ax)
 
-    def plot_heatmap(
+    def heatmap(
         self,
         ax: Axes | None = None,
         *,
@@ -254,15 +273,52 @@ class CompareResult(RunResult):
         budget = self._budget_option(budget)
         return plot_family_heatmap(self, family, budget, self._metric(metric), ax)
 
+    def plot_heatmap(
+        self,
+        ax: Axes | None = None,
+        *,
+        family: str | None = None,
+        budget: int | None = None,
+        metric: str | None = None,
+    ) -> Axes:
+        """Deprecated name of :meth:`heatmap` (the name every result type uses)."""
+        warnings.warn(
+            "CompareResult.plot_heatmap() is now heatmap(), as on every result type",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.heatmap(ax, family=family, budget=budget, metric=metric)
+
+    def sparse_vs_lowrank(self, at: int | None = None, metric: str = "probs_error") -> Any:
+        """The verdict on the sparse oracle against the low-rank oracle at budget ``at``
+        (default: the focus budget) on ``metric``: head counts, ``separability`` (AUC of
+        entropy with its interval, the best in-sample cut, the cross-fitted cut) and
+        ``entropy_spearman`` (rho of entropy and ln(err sparse / err low-rank), pooled and per
+        layer, with intervals), as run.json records it; recomputed where the run did not
+        record it (format 1: from the means, resampling layers). None where the low-rank
+        oracle does not apply (causal models) or the run lacks an oracle.
+
+        Raises:
+            LowrankError: a budget or metric this run does not have.
+        """
+        from lowrank.families.compare.verdicts import sparse_vs_lowrank
+
+        budget = self._budget(at)
+        if f"{metric}_mean" not in self.arrays:
+            raise LowrankError(f"metric {metric!r}: choose one of {', '.join(METRIC_LABEL)}")
+        stored = _stored_versus(self.config.get("findings"), budget, metric)
+        if stored is not None:
+            return stored
+        seed = int(self.config["compare"]["seed"])
+        ki = self.budgets.index(budget)
+        return sparse_vs_lowrank(self.arrays, self.families, ki, metric, seed)
+
     def draw(self, folder: str | Path | None = None) -> list[Path]:
         """Write every comparison figure (PDF and PNG) into ``folder`` (default:
         ``<run folder>/figures``); returns the files."""
         from lowrank.families.compare.plots import write_figures
 
-        if folder is None and self.path is None:
-            raise LowrankError("draw(): give a folder or save the run first")
-        target = Path(folder) if folder else Path(self.path or ".") / "figures"
-        self.figures = write_figures([self], target)
+        self.figures = write_figures([self], self.figure_folder(folder))
         return self.figures
 
     @classmethod
@@ -283,3 +339,25 @@ class CompareResult(RunResult):
                 f"of '{npz_path}'"
             )
         return cls(meta, arrays, path)
+
+
+def finding_text(finding: Any) -> str:
+    """The printed finding: format 1 stored it as text, format 2 as a record with ``text``."""
+    if isinstance(finding, dict):
+        finding = finding.get("text", "")
+    return finding if isinstance(finding, str) else ""
+
+
+def _stored_versus(findings: Any, budget: int, metric: str) -> dict[str, Any] | None:
+    """run.json's record of the sparse-against-low-rank verdict, if it holds one of the
+    format-2 shape at this budget and metric (else None: recompute it)."""
+    if not isinstance(findings, list):
+        return None
+    for entry in findings:
+        if isinstance(entry, dict) and entry.get("budget") == budget:
+            versus = entry.get("sparse_vs_lowrank")
+            record = versus.get(metric) if isinstance(versus, dict) else None
+            keys = ("separability", "entropy_spearman", "sparse", "heads")
+            if isinstance(record, dict) and all(k in record for k in keys):
+                return record
+    return None

@@ -1,26 +1,23 @@
 """``lowrank compare``: the command's workflow and its conclusions.
 
-:mod:`lowrank.families.compare.collect` measures; here the winners per head and budget are picked,
-the low-rank against sparse advantage is related to each head's entropy (Spearman's rho with a
-bootstrap interval), Scatterbrain is set against its two parts, and the result is put together
-(:class:`~lowrank.families.compare.result.CompareResult`; nothing is written here).
+:mod:`lowrank.families.compare.collect` measures; here the winners per head and budget are
+picked, the sparse oracle is set against the low-rank oracle on both metrics
+(:mod:`lowrank.families.compare.verdicts`: separability by entropy and the rank correlation,
+intervals over sequences and layers, comparisons at equal cost), Scatterbrain against its two
+parts, and the result is put together (:class:`~lowrank.families.compare.result.CompareResult`;
+nothing is written here).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lowrank.families.compare.collect import (
-    HEAD_STATS,
-    PARITY_TOLERANCE,
-    CompareSpec,
-    measure,
-)
+from lowrank.families.compare.collect import HEAD_STATS, CompareCollector, measure
+from lowrank.families.compare.finding import finding_record
 from lowrank.families.compare.format import FORMAT
 from lowrank.families.compare.methods import (
     ACCOUNTING,
@@ -30,9 +27,17 @@ from lowrank.families.compare.methods import (
     budget_cost,
     scatterbrain_split,
 )
-from lowrank.families.compare.result import METRIC_KEY, METRIC_LABEL, CompareResult
+from lowrank.families.compare.result import METRIC_KEY, CompareResult
+from lowrank.families.compare.spec import CompareSpec
+from lowrank.families.compare.verdicts import (
+    EQUAL_COST_RULE,
+    ORACLES_OPTIMAL_FOR,
+    PER_SEQUENCE_METRICS,
+    equal_cost,
+    sparse_vs_lowrank,
+)
 from lowrank.inputs.config import InputConfig
-from lowrank.maths.stats import rank_correlation
+from lowrank.maths.budgets import cost
 
 if TYPE_CHECKING:
     from lowrank.inputs.objects import DataInput, ModelInput
@@ -61,15 +66,19 @@ def winners(table: np.ndarray, rows: tuple[str, ...], exclude: tuple[str, ...] =
     return np.where(finite, np.asarray(candidates)[best], -1)
 
 
-def findings(arrays: dict[str, np.ndarray], spec: CompareSpec) -> list[dict[str, Any]]:
-    """Per budget: winner counts, sparse against low-rank and its relation to entropy, and
+def findings(
+    arrays: dict[str, np.ndarray], spec: CompareSpec, focus_only_intervals: bool = True
+) -> list[dict[str, Any]]:
+    """Per budget: winner counts (at equal b), the sparse oracle against the low-rank oracle on
+    both metrics (:func:`~lowrank.families.compare.verdicts.sparse_vs_lowrank`: separability
+    by entropy and the rank correlation, with cluster-bootstrap intervals; per-layer
+    intervals at the focus budget only, unless ``focus_only_intervals`` is False), and
     Scatterbrain against the better of its two parts."""
     rows = spec.rows
     key = METRIC_KEY[spec.metric]
     table = arrays[f"{key}_mean"]  # (F, K, L, H)
     best = winners(table, rows)
     practical = winners(table, rows, spec.oracles)
-    entropy = arrays["entropy_mean"].ravel()
     index = {r: i for i, r in enumerate(rows)}
     out = []
     for ki, b in enumerate(spec.budgets):
@@ -77,20 +86,19 @@ def findings(arrays: dict[str, np.ndarray], spec: CompareSpec) -> list[dict[str,
             "budget": b,
             "metric": key,
             "heads": int(best[ki].size),
+            "at": "equal b (costs differ by up to 2x; see equal_cost)",
             "winners": _counts(best[ki], rows),
             "winners_from_q_k": _counts(practical[ki], rows),
         }
-        if "lowrank-oracle" in index and "sparse-oracle" in index:
-            low = table[index["lowrank-oracle"], ki].ravel()
-            sparse = table[index["sparse-oracle"], ki].ravel()
-            if np.isfinite(low).any():
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    advantage = np.log(sparse / low)  # > 0: low-rank is better
-                entry["sparse_vs_lowrank"] = {
-                    "sparse": int((sparse < low).sum()),
-                    "lowrank": int((low < sparse).sum()),
-                    "entropy_spearman": rank_correlation(entropy, advantage, seed=spec.seed),
-                }
+        per_layer = b == spec.focus_budget or not focus_only_intervals
+        versus = {
+            metric: record
+            for metric in PER_SEQUENCE_METRICS
+            if (record := sparse_vs_lowrank(arrays, list(rows), ki, metric, spec.seed, per_layer))
+            is not None
+        }
+        if versus:
+            entry["sparse_vs_lowrank"] = versus
         sb = _scatterbrain_parts(spec, index)
         if sb is not None:
             parts = np.fmin(table[index[sb[0]], ki], table[index[sb[1]], ki]).ravel()
@@ -118,50 +126,6 @@ def _scatterbrain_parts(spec: CompareSpec, index: dict[str, int]) -> tuple[str, 
     if all(name in index for name in ("scatterbrain", sparse, "performer")):
         return sparse, "performer"
     return None
-
-
-def finding_text(entry: dict[str, Any], num_sequences: int) -> str:
-    """One paragraph stating the finding at one budget."""
-    b, heads = entry["budget"], entry["heads"]
-    parts = [f"At b = {b}, on {METRIC_LABEL[entry['metric']]} (mean over {num_sequences} seq.):"]
-    versus = entry.get("sparse_vs_lowrank")
-    if versus is not None:
-        parts.append(
-            f"the sparse oracle beats the low-rank oracle on {versus['sparse']} of {heads} "
-            f"heads, low-rank wins on {versus['lowrank']};"
-        )
-        c = versus["entropy_spearman"]
-        if not math.isfinite(c["rho"]):
-            parts.append("its relation to entropy is undefined (too few heads).")
-        elif c["low"] <= 0 <= c["high"]:
-            parts.append(
-                "the advantage of low-rank over sparse, log(err sparse / err low-rank), shows "
-                f"no clear relationship with entropy (Spearman rho = {c['rho']:.2f}, 95% "
-                f"bootstrap CI {c['low']:.2f} to {c['high']:.2f} contains 0)."
-            )
-        else:
-            trend = "rises" if c["rho"] > 0 else "falls"
-            parts.append(
-                f"the advantage of low-rank over sparse, log(err sparse / err low-rank), "
-                f"{trend} with entropy (Spearman rho = {c['rho']:.2f}, 95% bootstrap CI "
-                f"{c['low']:.2f} to {c['high']:.2f}, over {c['points']} heads)."
-            )
-    ranked = ", ".join(f"{name} {count}" for name, count in entry["winners"].items())
-    parts.append(f"Best family per head: {ranked}.")
-    if entry["winners_from_q_k"]:
-        ranked = ", ".join(f"{n} {c}" for n, c in entry["winners_from_q_k"].items())
-        parts.append(f"Among the families that need only Q and K: {ranked}.")
-    sb = entry.get("scatterbrain")
-    if sb is not None:
-        s, m = sb["split"]
-        kind = "top-score" if sb["parts"][0].startswith("sparse") else sb["parts"][0]
-        verdict = "beats" if sb["median_ratio"] < 1 else "does not beat"
-        parts.append(
-            f"Scatterbrain ({s} {kind} keys + {m} features) {verdict} the better of "
-            f"{sb['parts'][0]} and {sb['parts'][1]} at the same budget: better on "
-            f"{sb['beats_both']} of {heads} heads, median error ratio {sb['median_ratio']:.2f}."
-        )
-    return " ".join(parts)
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -209,9 +173,6 @@ def run_compare(
         "applicable": np.array([not sink.causal or r in CAUSAL_OK for r in spec.rows]),
         "input_ids": seqs.input_ids,
     }
-    found = findings(arrays, spec)
-    focus = spec.budgets.index(spec.focus_budget)
-    text = finding_text(found[focus], n_seq)
     meta: dict[str, Any] = {
         **FORMAT.header(),
         "command": provenance.command,
@@ -223,29 +184,75 @@ def run_compare(
         "compare": asdict(spec),
         "families": list(spec.rows),
         "oracles": list(spec.oracles),
+        "oracles_optimal_for": ORACLES_OPTIMAL_FOR,
         "causal": bool(sink.causal),
         "not_applicable": [r for r in spec.rows if sink.causal and r not in CAUSAL_OK],
         "winner_metric": METRIC_KEY[spec.metric],
         "focus_budget": spec.focus_budget,
-        "budget_accounting": {
-            r: {
-                "rule": ACCOUNTING[r],
-                "per_budget": [
-                    budget_cost(r, n, b, spec.rounds, spec.globals_, spec.split)
-                    | (
-                        {"reads": "all scores Q K^T"}
-                        if r in spec.oracles and r == "scatterbrain"
-                        else {}
-                    )
-                    for b in spec.budgets
-                ],
-            }
-            for r in spec.rows
-        },
-        "parity_tolerance": PARITY_TOLERANCE,
-        "findings": found,
-        "finding": text,
+        "budget_accounting": accounting(spec, n),
+        "equal_cost_rule": EQUAL_COST_RULE,
+        "output_floor_rule": OUTPUT_FLOOR_RULE,
+        "parity_tolerance": parity_record(sink),
+    }
+    meta |= conclusions(arrays, spec, meta)
+    meta |= {
         "versions": provenance.versions,
         "elapsed_seconds": round(time.perf_counter() - start, 3),
     }
     return CompareResult(meta, arrays)
+
+
+def accounting(spec: CompareSpec, n: int) -> dict[str, Any]:
+    """run.json's ``budget_accounting``: per family its rule and, per budget, its parameter,
+    stored numbers and scores as compare counts them (values only), and under
+    :data:`lowrank.maths.budgets.RULE` (``stored_with_indices``, ``scores_computed``)."""
+    out: dict[str, Any] = {
+        r: {
+            "rule": ACCOUNTING[r],
+            "per_budget": [
+                budget_cost(r, n, b, spec.rounds, spec.globals_, spec.split)
+                | (
+                    {"reads": "all scores Q K^T"}
+                    if r in spec.oracles and r == "scatterbrain"
+                    else {}
+                )
+                | _counted(r, n, b, spec)
+                for b in spec.budgets
+            ],
+        }
+        for r in spec.rows
+    }
+    return out
+
+
+OUTPUT_FLOOR_RULE = (
+    "min over P~ of rank <= b of ||P~V - PV||_F / ||PV||_F: the tail of PV's singular values "
+    "(Eckart-Young), 0 once b >= rank(PV) <= d; a floor for every family whose P~ has rank "
+    "<= b (lowrank-oracle, linformer, performer, nystrom), not for the sparse and windowed ones"
+)
+
+
+def _counted(family: str, n: int, b: int, spec: CompareSpec) -> dict[str, int]:
+    c = cost(family, n, b, True, spec.rounds, spec.globals_, spec.split)
+    return {"stored_with_indices": c.stored, "scores_computed": c.scores}
+
+
+def parity_record(sink: CompareCollector) -> dict[str, Any] | float:
+    """run.json's ``parity_tolerance``: the allowed and the largest measured gap between the
+    captured P and softmax(Q K^T / sqrt(d)) rebuilt in float64, and the captured dtype."""
+    return {"allowed": sink.tolerance, "measured": sink.gap, "dtype": sink.dtype}
+
+
+def conclusions(
+    arrays: dict[str, np.ndarray], spec: CompareSpec, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """run.json's ``findings`` (per budget), ``equal_cost`` and the ``finding`` record at the
+    focus budget (its text is what the command prints)."""
+    found = findings(arrays, spec)
+    equal = equal_cost(arrays, list(spec.rows), int(meta["seq_len"]), list(spec.budgets))
+    focus = spec.budgets.index(spec.focus_budget)
+    floor = arrays["output_floor"][focus]
+    median = float(np.nanmedian(floor)) if np.isfinite(floor).any() else None
+    shape = arrays["entropy_per_sequence"].shape
+    record = finding_record(found[focus], equal, meta, shape, median)
+    return {"findings": found, "equal_cost": equal, "finding": record}

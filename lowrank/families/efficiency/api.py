@@ -32,6 +32,7 @@ def efficiency(
     out: str | Path | None = None,
     overwrite: bool = False,
     plot: bool = False,
+    label: str | None = None,
     progress: bool = True,
     command: str | None = None,
 ) -> EfficiencyResult:
@@ -110,6 +111,8 @@ def efficiency(
         check_out_dir(folder, spec.identity(where), overwrite)
     provenance = Provenance.of(efficiency, call, command)
     res = run_efficiency(spec, where, provenance, progress)
+    if label is not None:
+        res.config["label"] = label
     if folder is not None:
         res.save(folder, overwrite=overwrite)
         if plot:

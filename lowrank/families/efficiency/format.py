@@ -48,6 +48,9 @@ class EfficiencyMeta(RunMeta):
     batch: Positive | None = None
     memory_budget_gib: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     repeats: Positive | None = None
+    # format 3: how peak memory was measured (memory.MemoryMethod); absent: sampled RSS
+    memory_method: str | None = None
+    memory_resolution_bytes: Positive | None = None
 
 
 def efficiency_array_spec(
@@ -83,7 +86,7 @@ def efficiency_array_spec(
 
 FORMAT = RunFormat(
     name=FAMILY.format,
-    version=2,
+    version=3,
     npz="efficiency.npz",
     schema=EfficiencyMeta,
     arrays=efficiency_array_spec,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,12 @@ from typing import TYPE_CHECKING, Any
 from lowrank.core.options import named
 from lowrank.errors import LowrankError
 from lowrank.families.efficiency.format import FORMAT
+from lowrank.families.efficiency.memory import (
+    MemoryMethod,
+    measured_peak,
+    recorded_method,
+    unresolved_cells,
+)
 from lowrank.runs.folders import read_json
 from lowrank.runs.result import RunResult
 from lowrank.runs.writing import csv_bytes, json_bytes
@@ -24,7 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
 
-    from lowrank.families.efficiency.plots import Metric
+    from lowrank.families.efficiency.plots import Baseline, Metric
 
 EFFICIENCY_CSV, EFFICIENCY_JSON = FORMAT.files
 # Two cells of the paper's Table 3 (V100 16 GB, layerwise sharing, largest batch that fits):
@@ -38,7 +45,7 @@ GRIDS = ("speedup", "speedup_min", "speedup_max", "memory_saving", "memory_savin
 Table = dict[tuple[int, int], dict[str, float]]
 
 
-@dataclass
+@dataclass(repr=False)  # RunResult's short repr
 class EfficiencyResult(RunResult):
     """A ``lowrank efficiency`` run: exact against Linformer attention in time and memory.
 
@@ -66,13 +73,15 @@ class EfficiencyResult(RunResult):
 
     @property
     def ns(self) -> list[int]:
-        """The sequence lengths n timed, in the order of the arrays' first axis."""
-        return [int(n) for n in self.arrays["n"]]
+        """The sequence lengths n timed, in the order of the arrays' first axis (run.json's
+        ``n`` for format-1 folders, which have no npz)."""
+        return [int(n) for n in self.arrays.get("n", self.config.get("n", []))]
 
     @property
     def ks(self) -> list[int]:
-        """Linformer's projected dimensions k, in the order of the arrays' second axis."""
-        return [int(k) for k in self.arrays["k"]]
+        """Linformer's projected dimensions k, in the order of the arrays' second axis
+        (run.json's ``k`` for format-1 folders)."""
+        return [int(k) for k in self.arrays.get("k", self.config.get("k", []))]
 
     def tables(self) -> dict[str, Table]:
         """Per baseline, (n, k) -> the cells of the paper's Table 3 (see
@@ -114,79 +123,45 @@ class EfficiencyResult(RunResult):
         return pd.DataFrame(rows)
 
     def _cell(self, name: str, i: int, j: int) -> float | int:
-        """Cell (n index i, k index j) of a [N, K] or [N] array, as a Python number (NaN: an
-        array format 1 runs lack)."""
+        """Cell (n index i, k index j) of a [N, K] or [N] array, as a Python number; a format
+        1 run (no npz) reads the cells its tables hold and gives NaN for the rest."""
         grid = self.arrays.get(name)
         if grid is None:
-            return math.nan
+            grid_name, _, base = name.rpartition("_vs_")
+            cell = self.tables().get(base, {}).get((self.ns[i], self.ks[j]), {})
+            found = cell.get(grid_name) if grid_name in GRIDS else None
+            return math.nan if found is None else float(found)
         value: float | int = (grid[i, j] if grid.ndim == 2 else grid[i]).item()
         return value
 
+    def memory_method(self) -> MemoryMethod:
+        """How this run measured peak memory (run.json's ``memory_method``; format 1-2 CPU
+        runs: sampled resident memory, which depended on what ran before)."""
+        return recorded_method(self.config)
+
     def report(self) -> str:
-        """What ``lowrank efficiency`` prints: per baseline the speed-up and memory-saving
-        tables (rows n, columns k) and the crossovers, the peak memory per sequence, then
-        where the run folder and figures are."""
+        """What ``lowrank efficiency`` prints: how it measured, per baseline the speed-up and
+        memory-saving tables (rows n, columns k) and the crossovers, the peak memory per
+        sequence, then where the run folder and figures are."""
         meta, ns, ks = self.config, self.ns, self.ks
-        tables, records = self.tables(), self.data["records"]
-        hw = meta["hardware"]
-        threads = int(hw["torch_threads"])
-        where = hw.get("gpu") or (
-            f"{hw['processor']} CPU, {threads} thread{'' if threads == 1 else 's'}"
+        method = self.memory_method()
+        unresolved = unresolved_cells(self.data["records"], method.resolution_bytes)
+        lines = [_measured_on(meta)]
+        lines += textwrap.wrap(
+            f"peak memory: {method.description}",
+            100,
+            subsequent_indent="  ",
+            break_on_hyphens=False,
         )
-        budget = meta["memory_budget_gib"]
-        rounds = meta["repeats"]
-        batching = (
-            f"each stack at its largest batch within {budget:g} GiB"
-            if budget
-            else f"batch {meta['batch'] or 1}"
-        )
-        lines = [
-            f"measured on {where}, {meta['dtype']}, {meta['stack']['layers']}-layer stack of "
-            f"width {meta['stack']['hidden']}; {batching}"
-        ]
-        for base, label in BASELINES.items():
-            table = tables[base]
-            lines.append(f"\nLinformer vs {label}")
-            lines += _grid(
-                f"speed-up in time per token ({base} / Linformer), median [min, max] over "
-                f"{rounds} interleaved rounds",
-                ns,
-                ks,
-                table,
-                "{speedup:.2f}x [{speedup_min:.2f}, {speedup_max:.2f}]",
+        for base in BASELINES:
+            lines += self._baseline_tables(base, {(n, k) for m, n, k in unresolved if m == base})
+        lines += _per_sequence(self.data["records"], ns, ks, method.resolution_bytes)
+        if unresolved:
+            lines.append(
+                f"<res: a peak below the {method.resolution_bytes:,} bytes the method resolves; "
+                "no saving is reported from it"
             )
-            for suffix, what in (
-                ("", f"Linformer's median time per token is below {base}'s"),
-                ("_every_round", f"Linformer is faster than {base} in every round"),
-            ):
-                wins = ", ".join(
-                    f"k={k}: n >= {v}" if v else f"k={k}: never"
-                    for k, v in self.data[f"crossover_n{suffix}"][base].items()
-                )
-                lines.append(f"{what} from: {wins}")
-            if budget:
-                lines += _grid(
-                    f"memory saving: largest batch that fits {budget:g} GiB, Linformer / {base} "
-                    "(powers of two)",
-                    ns,
-                    ks,
-                    table,
-                    "{memory_saving:g}x ({batch:g}/{baseline_batch:g})",
-                )
-                limit = meta.get("batch_limit", math.inf)
-                if any(r["batch"] >= limit for r in records):
-                    lines.append(
-                        f"(a batch of {limit} is the search limit: a saving with it is a bound)"
-                    )
-            lines += _grid(
-                f"memory saving: peak memory per sequence at equal batch, {base} / Linformer",
-                ns,
-                ks,
-                table,
-                "{memory_saving_equal_batch:.1f}x",
-            )
-        lines += _per_sequence(records, ns, ks)
-        if hw.get("gpu") and budget:
+        if meta["hardware"].get("gpu") and meta["memory_budget_gib"]:
             lines.append(
                 "\nreference only, not comparable (the paper's V100 16 GB and model, not this "
                 "run): paper Table 3 "
@@ -203,18 +178,72 @@ class EfficiencyResult(RunResult):
         lines += [f"figure: {path}" for path in self.figures]
         return "\n".join(lines)
 
+    def _baseline_tables(self, base: str, unresolved: set[tuple[int, int]]) -> list[str]:
+        """The report's tables against one baseline: speed-up and crossovers, the budget's
+        batch ratio (budget runs), the equal-batch memory saving (``<res`` in the cells
+        ``unresolved``)."""
+        meta, ns, ks, table = self.config, self.ns, self.ks, self.tables()[base]
+        budget, records = meta["memory_budget_gib"], self.data["records"]
+        lines = [f"\nLinformer vs {BASELINES[base]}"]
+        lines += _grid(
+            f"speed-up in time per token ({base} / Linformer), median [min, max] over "
+            f"{meta['repeats']} interleaved rounds",
+            ns,
+            ks,
+            table,
+            "{speedup:.2f}x [{speedup_min:.2f}, {speedup_max:.2f}]",
+        )
+        for suffix, what in (
+            ("", f"Linformer's median time per token is below {base}'s"),
+            ("_every_round", f"Linformer is faster than {base} in every round"),
+        ):
+            wins = ", ".join(
+                f"k={k}: n >= {v}" if v else f"k={k}: never"
+                for k, v in self.data[f"crossover_n{suffix}"][base].items()
+            )
+            lines.append(f"{what} from: {wins}")
+        if budget:
+            lines += _grid(
+                f"memory saving: largest batch that fits {budget:g} GiB, Linformer / {base} "
+                "(powers of two)",
+                ns,
+                ks,
+                table,
+                "{memory_saving:g}x ({batch:g}/{baseline_batch:g})",
+            )
+            limit = meta.get("batch_limit", math.inf)
+            if any(r["batch"] >= limit for r in records):
+                lines.append(
+                    f"(a batch of {limit} is the search limit: a saving with it is a bound)"
+                )
+        return lines + _grid(
+            f"memory saving: peak memory per sequence at equal batch, {base} / Linformer",
+            ns,
+            ks,
+            table,
+            "{memory_saving_equal_batch:.1f}x",
+            unresolved,
+        )
+
     # --- figures ---------------------------------------------------------------------------
 
     def plot(
-        self, ax: Axes | None = None, *, metric: Metric = "speedup", legend: bool = True
+        self,
+        ax: Axes | None = None,
+        *,
+        metric: Metric = "speedup",
+        baseline: Baseline = "exact",
+        legend: bool = True,
     ) -> Axes:
         """Speed-up (``metric="speedup"``) or a memory saving (``memory_saving``,
-        ``memory_saving_equal_batch``) against n, a line per k, against both baselines
-        (:func:`lowrank.families.efficiency.plots.plot_speedup`); ``legend`` below the axes. Returns
-        the axes.
+        ``memory_saving_equal_batch``) over one ``baseline`` (``"exact"``: explicit softmax,
+        ``"sdpa"``) against n, a line per k
+        (:func:`lowrank.families.efficiency.plots.plot_speedup`); ``legend`` below the axes.
+        Returns the axes.
 
         Raises:
-            LowrankError: a metric this run does not hold (the message lists those it does).
+            LowrankError: a metric this run does not hold (the message lists those it does),
+                or a baseline other than exact and sdpa.
         """
         from lowrank.families.efficiency.plots import plot_speedup
         from lowrank.plots.style import choose
@@ -225,17 +254,15 @@ class EfficiencyResult(RunResult):
             if any(m in cell for cells in self.data["tables"].values() for cell in cells)
         ]
         choose("metric", metric, held)
-        return plot_speedup(self.data, ax, metric, legend)
+        choose("baseline", baseline, BASELINES, "choose one of")
+        return plot_speedup(self.data, ax, metric, legend, baseline, self.config)
 
     def draw(self, folder: str | Path | None = None) -> list[Path]:
         """Write ``speedup_vs_n`` (PDF and PNG) into ``folder`` (default:
         ``<run folder>/figures``); returns the files."""
         from lowrank.families.efficiency.plots import write_figures
 
-        if folder is None and self.path is None:
-            raise LowrankError("draw(): give a folder or save the run first")
-        target = Path(folder) if folder else Path(self.path or ".") / "figures"
-        self.figures = write_figures([self], target)
+        self.figures = write_figures([self], self.figure_folder(folder))
         return self.figures
 
     def extra_files(self) -> dict[str, bytes]:
@@ -262,24 +289,53 @@ class EfficiencyResult(RunResult):
         return cls(meta, arrays, path, data=data)
 
 
+def _measured_on(meta: dict[str, Any]) -> str:
+    """The report's first line: hardware, dtype, stack and batch."""
+    hw = meta["hardware"]
+    threads = int(hw["torch_threads"])
+    where = hw.get("gpu") or (
+        f"{hw['processor']} CPU, {threads} thread{'' if threads == 1 else 's'}"
+    )
+    budget = meta["memory_budget_gib"]
+    batching = (
+        f"each stack at its largest batch within {budget:g} GiB"
+        if budget
+        else f"batch {meta['batch'] or 1}"
+    )
+    return (
+        f"measured on {where}, {meta['dtype']}, {meta['stack']['layers']}-layer stack of "
+        f"width {meta['stack']['hidden']}; {batching}"
+    )
+
+
 def _cell(table: Table, n: int, k: int, fmt: str) -> str:
     cell = table.get((n, k))
     return fmt.format(**cell) if cell else "-"
 
 
 def _grid(
-    title: str, ns: list[int], ks: list[int], table: Table, fmt: str, width: int = 20
+    title: str,
+    ns: list[int],
+    ks: list[int],
+    table: Table,
+    fmt: str,
+    unresolved: set[tuple[int, int]] | None = None,
+    width: int = 20,
 ) -> list[str]:
     """One table: a title line naming the measure, rows n, columns k, cells ``fmt`` filled
-    from the table's cells."""
+    from the table's cells (``<res`` for the (n, k) ``unresolved``)."""
     lines = [title, f"{'n':>8}" + "".join(f"{'k=' + str(k):>{width}}" for k in ks)]
     for n in ns:
-        lines.append(f"{n:>8}" + "".join(f"{_cell(table, n, k, fmt):>{width}}" for k in ks))
+        cells = ["<res" if (n, k) in (unresolved or ()) else _cell(table, n, k, fmt) for k in ks]
+        lines.append(f"{n:>8}" + "".join(f"{c:>{width}}" for c in cells))
     return lines
 
 
-def _per_sequence(records: list[dict[str, Any]], ns: list[int], ks: list[int]) -> list[str]:
-    """Peak memory per sequence of every stack at the equal batch, MiB."""
+def _per_sequence(
+    records: list[dict[str, Any]], ns: list[int], ks: list[int], resolution: int = 1
+) -> list[str]:
+    """Peak memory per sequence of every stack at the equal batch, MiB (``<res`` below
+    ``resolution`` bytes)."""
     by = {(r["method"], r["n"], r["k"]): r for r in records}
     columns = [("exact", None), ("sdpa", None), *(("linformer", k) for k in ks)]
     names = ["batch", "exact", "sdpa", *(f"k={k}" for k in ks)]
@@ -290,7 +346,12 @@ def _per_sequence(records: list[dict[str, Any]], ns: list[int], ks: list[int]) -
         cells = [str(equal or "-")]
         for method, k in columns:
             r = by.get((method, n, k))
-            cells.append(f"{r['peak_bytes_per_sequence'] / 2**20:.2f}" if r else "-")
+            if r is None:
+                cells.append("-")
+            elif measured_peak(r) < resolution:
+                cells.append("<res")
+            else:
+                cells.append(f"{r['peak_bytes_per_sequence'] / 2**20:.2f}")
         lines.append(f"{n:>8}" + "".join(f"{c:>10}" for c in cells))
     return lines
 

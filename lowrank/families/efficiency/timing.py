@@ -10,9 +10,11 @@ reverses every round (A B C, C B A, ...), so a drift in the machine's load falls
 alike. Each stack reports the median and the min and max of its time per token over the rounds;
 a speed-up is the ratio within each round, summarised the same way.
 
-Memory: the peak above the starting point, from the CUDA allocator or, on the CPU, from the
-process's resident memory sampled during the passes; measured at each stack's own batch and at
-one batch shared by every stack of that n (the equal-batch peak per sequence). Under a budget
+Memory: the peak above the starting point of one forward pass, from the CUDA allocator or, on
+the CPU, an exact count of the bytes of tensors alive at once
+(:func:`lowrank.families.efficiency.tracker.peak_memory`), so that it does not depend on what
+ran before; measured at each stack's own batch and at one batch shared by every stack of that n
+(the equal-batch peak per sequence). Under a budget
 the memory saving is the paper's: the ratio of the largest batches that fit, not a ratio of
 peaks measured at unequal batches.
 """
@@ -20,10 +22,8 @@ peaks measured at unequal batches.
 from __future__ import annotations
 
 import functools
-import gc
 import math
 import statistics
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from lowrank.families.efficiency.linformer import Encoder, exact_twin, linformer_encoder
+from lowrank.families.efficiency.tracker import peak_memory
 
 BATCH_LIMIT = 4096  # the batch search stops here; a stack that reaches it fits more
 
@@ -72,77 +73,6 @@ class Measurement:
         if self.equal_batch is None or self.equal_batch_peak_bytes is None:
             return self.peak_bytes / self.batch
         return self.equal_batch_peak_bytes / self.equal_batch
-
-
-def _pin_malloc() -> None:
-    """Make glibc return freed tensor memory to the system at once (fixed mmap threshold of
-    64 KiB instead of its adaptive one), so resident memory tracks live tensors on the CPU.
-    Without it, the allocator keeps freed blocks and later peaks read as zero."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: keep the default allocator
-        return
-
-
-class PeakMemory:
-    """Peak memory above the starting point: CUDA allocator, or sampled process RSS."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-        else:
-            import psutil
-
-            _pin_malloc()
-            proc = psutil.Process()
-            self._base = proc.memory_info().rss
-            self._max = self._base
-
-            def sample() -> None:
-                while not self._stop.is_set():
-                    self._max = max(self._max, proc.memory_info().rss)
-                    time.sleep(0.0005)
-
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
-        else:
-            self._stop.set()
-            assert self._thread is not None
-            self._thread.join()
-            self.peak = self._max - self._base
-
-
-def peak_memory(model: Encoder, x: torch.Tensor, passes: int = 3) -> int:
-    """Peak bytes above the start over ``passes`` forward passes of ``x`` (B, n, D); several
-    passes, so the CPU sampler cannot miss a short peak."""
-    with PeakMemory(x.device) as mem, torch.inference_mode():
-        for _ in range(passes):
-            model(x)
-    return mem.peak
 
 
 def interleaved_order(count: int, rounds: int) -> list[list[int]]:
@@ -211,15 +141,31 @@ def speed_ratios(base: Measurement, lin: Measurement) -> list[float]:
     return [base.seconds_per_token / lin.seconds_per_token]
 
 
+def resolved(record: Measurement, resolution: int) -> bool:
+    """Whether the peak behind ``record.peak_bytes_per_sequence`` (the equal-batch peak, else
+    the peak at its batch) is at least ``resolution`` bytes, the smallest the memory method
+    tells apart from zero."""
+    peak = record.equal_batch_peak_bytes
+    return (record.peak_bytes if peak is None else peak) >= resolution
+
+
+def memory_ratio(base: Measurement, lin: Measurement, resolution: int = 1) -> float:
+    """Baseline over Linformer peak memory per sequence at the equal batch; NaN when either
+    peak is below ``resolution`` bytes (a ratio of unresolved peaks is no measurement)."""
+    if not (resolved(base, resolution) and resolved(lin, resolution)):
+        return math.nan
+    return base.peak_bytes_per_sequence / lin.peak_bytes_per_sequence
+
+
 def speedup_table(
-    records: list[Measurement], baseline: str = "exact", budget: bool = False
+    records: list[Measurement], baseline: str = "exact", budget: bool = False, resolution: int = 1
 ) -> dict[tuple[int, int], dict[str, float]]:
     """Per (n, k), the cells of the paper's Table 3 against ``baseline``:
 
     - ``speedup``, ``speedup_min``, ``speedup_max``: median, min and max over the rounds of
       baseline / Linformer time per token (min = max = median with a single ratio);
     - ``memory_saving_equal_batch``: baseline / Linformer peak memory per sequence at the
-      equal batch;
+      equal batch (:func:`memory_ratio`: NaN when a peak is below ``resolution`` bytes);
     - ``memory_saving``: with ``budget``, the ratio of the largest batches that fit
       (:func:`budget_memory_saving`), else the equal-batch one;
     - ``batch``, ``baseline_batch``: the batches timed.
@@ -231,7 +177,7 @@ def speedup_table(
             continue
         b = base[r.n]
         low, mid, high = spread(speed_ratios(b, r))
-        equal = b.peak_bytes_per_sequence / max(r.peak_bytes_per_sequence, 1)
+        equal = memory_ratio(b, r, resolution)
         table[(r.n, r.k)] = {
             "speedup": mid,
             "speedup_min": low,
@@ -340,8 +286,6 @@ def run_grid(
     after ``warmup`` ones, at ``batch`` (default 1) or at the largest power-of-two batch whose
     peak fits ``budget`` bytes; a stack over the budget at batch 1 is left out. ``caps(n)``
     bounds each stack's batch search by ``(method, k)`` (the machine's memory)."""
-    if device.type == "cpu":
-        _pin_malloc()  # before the first tensor, so no freed heap block is reused unseen
     records: list[Measurement] = []
     for n in ns:
         stacks = [
@@ -352,8 +296,7 @@ def run_grid(
             n, stacks, shape.hidden, device, dtype, batch, budget, warmup, repeats, progress,
             limits,
         )  # fmt: skip
-        del stacks
-        gc.collect()
+        del stacks  # no reference cycles: freed here, without a slow gc.collect()
     return records
 
 

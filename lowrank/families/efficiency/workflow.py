@@ -14,6 +14,7 @@ import torch
 from lowrank.core.options import flag
 from lowrank.errors import LowrankError
 from lowrank.families.efficiency.format import FORMAT
+from lowrank.families.efficiency.memory import memory_method
 from lowrank.families.efficiency.result import BASELINES, EfficiencyResult, Table, as_json
 from lowrank.families.efficiency.timing import (
     BATCH_LIMIT,
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 # Version 2: interleaved rounds with min/median/max, equal-batch peaks, and under a budget
 # memory_saving_* is the ratio of the largest batches that fit (version 1: ratio of peaks).
+# Version 3: CPU peaks are exact counts of tensor bytes (memory.TENSORS), not sampled resident
+# memory; run.json names the method (memory_method) and its resolution; a memory saving whose
+# peaks are below that resolution is NaN.
 
 
 def memory_measure(budget_gib: float | None, batch: int | None) -> str:
@@ -106,7 +110,11 @@ def run_efficiency(
             f"{flag('memory_budget')}"
         )
     measure = memory_measure(spec.budget_gib, spec.batch)
-    tables = {base: speedup_table(records, base, budget is not None) for base in BASELINES}
+    method = memory_method(device.type)
+    tables = {
+        base: speedup_table(records, base, budget is not None, method.resolution_bytes)
+        for base in BASELINES
+    }
     crossovers = {
         f"crossover_n{suffix}": {
             base: {k: crossover(t, k, key) for k in ks} for base, t in tables.items()
@@ -141,9 +149,9 @@ def run_efficiency(
         "sharing": "layerwise",
         "timing": "one forward pass per stack per round, order reversed every round; "
         "median, min and max over the rounds",
-        "memory": "CUDA allocator peak"
-        if device.type == "cuda"
-        else "process resident memory, sampled every millisecond, above the start",
+        "memory": method.description,
+        "memory_method": method.name,
+        "memory_resolution_bytes": method.resolution_bytes,
         "memory_saving_measure": measure,
         "versions": provenance.versions,
     }

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from lowrank.core.options import flag, named
 from lowrank.errors import LowrankError
-from lowrank.families.project.options import OPTIONS
+from lowrank.families.project.options import OPTIONS, k_grid
 from lowrank.families.project.result import ProjectionResult
-from lowrank.inputs.config import PAPER_SEQ_LEN, DatasetName, Device, Policy
+from lowrank.inputs.config import PAPER_SEQ_LEN, DatasetName, Device, DType, Policy
 from lowrank.maths.names import ESTIMATORS, SHARINGS
 
 if TYPE_CHECKING:
@@ -43,8 +43,9 @@ def project(
     seed: int | None = None,
     policy: Policy = "auto",
     device: Device = "auto",
+    dtype: DType | None = None,
     num_sequences: int = 16,
-    k: int | Sequence[int] = (32, 64, 128, 256),
+    k: int | Sequence[int] | None = None,
     method: str | Sequence[str] = ("gaussian", "rademacher", "sparse", "mean-pool", "svd"),
     estimator: str | Sequence[str] = ESTIMATORS,
     draws: int = 3,
@@ -56,6 +57,7 @@ def project(
     out: str | Path | None = None,
     overwrite: bool = False,
     plot: bool = False,
+    label: str | None = None,
     progress: bool = True,
     attention_mask: Any = None,
     command: str | None = None,
@@ -75,7 +77,11 @@ def project(
         tokenizer: the model object's tokenizer (not needed for token ids).
         data: None (``dataset``), a corpus path, a list or iterable of texts, or token ids
             [N, n] (tensor, array, or a mapping with ``input_ids`` and ``attention_mask``).
-        k: projected dimensions, each in 1..n, no repeats (taken in increasing order).
+        dtype: ``float32`` (default for a model loaded by name), ``float16`` or ``bfloat16``
+            (CUDA); a model object keeps its own. P, Q, K and V are then measured in float32
+            and every norm in float64.
+        k: projected dimensions, each in 1..n, no repeats (taken in increasing order);
+            None: 32, 64, 128, 256 cut to k < n (logged).
         method: projections (``lowrank.maths.names.METHODS``).
         estimator: Theorem 1 estimators, ``paper`` (P R^T R) and/or ``projector`` (P E^+ E).
         draws: draws of R per sequence for the random methods.
@@ -110,8 +116,8 @@ def project(
     from lowrank.runs.provenance import provenance_record
     from lowrank.runs.writing import check_out_dir
 
-    config = settle_config(InputConfig.of(values), model, data)
-    ks = values["k"]
+    config = settle_config(InputConfig.of(values), model, data, dtype=dtype)
+    ks = tuple(k_grid(values["k"], config.seq_len))
     check_k_range(ks, config.seq_len)
     if heatmap_k is not None and heatmap_k not in ks:
         raise LowrankError(f"{named('heatmap_k', heatmap_k)} is not one of {flag('k')} {list(ks)}")
@@ -134,6 +140,8 @@ def project(
             prep, config, spec, sharings, model_effect, heatmap_k, identity, provenance, progress
         )
     res = ProjectionResult(meta, arrays)
+    if label is not None:
+        res.config["label"] = label
     if folder is not None:
         res.save(folder, overwrite=overwrite)
         if plot:

@@ -35,6 +35,7 @@ from lowrank.core.random import seeded_generator
 from lowrank.errors import LowrankError
 from lowrank.hooks.attention import AttentionCall, Override, capture
 from lowrank.inputs.corpora import Sequences
+from lowrank.maths.intervals import mean_interval
 from lowrank.maths.names import ESTIMATORS
 from lowrank.maths.sketches import (
     BASELINES,
@@ -52,7 +53,6 @@ from lowrank.maths.sketches import (
     pooling_factors,
     relative_frobenius,
 )
-from lowrank.maths.stats import t_interval
 
 DETERMINISTIC = ("mean-pool", "max-pool", "conv", "svd")
 METRICS: tuple[str, ...] = ("error", "scale-free", "cosine")
@@ -144,8 +144,18 @@ class ProjectionCollector:
             self.samples[kind][row][metric][layer].append(t.reshape(*t.shape[:2], -1))
 
     def __call__(self, call: AttentionCall) -> None:
-        p, q, k, v = call.probs, call.query, call.key, call.value  # (b, H, n, n|d)
-        scale = q.shape[-1] ** -0.5
+        # float16/bfloat16 models: P, Q, K, V as the model made them, measured in float32
+        # at least (SVD needs it; the norms of the metrics are float64 in any case)
+        if not (call.probs_from_qk and call.qkv):
+            raise LowrankError(
+                f"layer {call.layer + 1} ({type(call.module).__name__}) adds terms of its own "
+                "to the attention scores (position biases, soft-capping, sinks) or hides Q and "
+                "K: lowrank project rebuilds Linformer's attention from Q and K (Theorem 2, the "
+                "model effect) and needs plain scaled dot-product attention"
+            )
+        work = torch.promote_types(call.probs.dtype, torch.float32)
+        p, q, k, v = (t.to(work) for t in (call.probs, call.query, call.key, call.value))
+        scale = call.scale if call.scale is not None else q.shape[-1] ** -0.5
         exact = p @ v  # (b, H, n, d)
         b = p.shape[0]
         ks = self.spec.ks
@@ -354,8 +364,9 @@ def baseline_override(baseline: str, causal: bool) -> Override:
 class EffectResult:
     """Model-level effect of one replacement of every layer's attention.
 
-    Per-sequence values are averaged; ``*_ci`` are 95% t-intervals over sequences (each
-    sequence one cluster: its tokens are not independent).
+    Per-sequence values are averaged; ``*_ci`` are 95% intervals over sequences (each
+    sequence one cluster: its tokens are not independent) inside the quantity's range
+    (:func:`lowrank.maths.intervals.mean_interval`), ``(None, None)`` below 3 sequences.
     """
 
     method: str  # a projection family, or a baseline: "zero" / "uniform" attention
@@ -364,8 +375,8 @@ class EffectResult:
     relative_error: float  # ||H~ - H||_F / ||H||_F of the final hidden states
     scale_free: float  # min_alpha ||alpha H~ - H||_F / ||H||_F
     cosine: float  # mean cosine similarity of token states
-    relative_error_ci: tuple[float, float]
-    cosine_ci: tuple[float, float]
+    relative_error_ci: tuple[float | None, float | None]
+    cosine_ci: tuple[float | None, float | None]
     mlm_loss: float | None
     mlm_loss_exact: float | None
     per_sequence: dict[str, list[float]]  # "relative_error", "scale_free", "cosine"
@@ -382,6 +393,14 @@ def _compare_states(
     _, free = cosine_and_scale_free(a, b, (-2, -1))
     token_cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).mean(-1)
     return rel.numpy(), free.numpy(), token_cos.numpy()
+
+
+def _interval(values: np.ndarray, lo: float, hi: float) -> tuple[float | None, float | None]:
+    """The 95% interval of per-sequence values inside [lo, hi]; (None, None) without one."""
+    if not np.isfinite(values).all():
+        return (None, None)
+    iv = mean_interval(values, lo, hi)
+    return (iv.low, iv.high) if math.isfinite(iv.low) else (None, None)
 
 
 def model_effect(
@@ -440,8 +459,8 @@ def model_effect(
             float(rel.mean()),
             float(free.mean()),
             float(cos.mean()),
-            t_interval(rel),
-            t_interval(cos),
+            _interval(rel, 0.0, math.inf),
+            _interval(np.clip(cos, -1.0, 1.0), -1.0, 1.0),
             loss,
             exact_loss,
             {"relative_error": rel.tolist(), "scale_free": free.tolist(), "cosine": cos.tolist()},

@@ -27,9 +27,12 @@ class EffectRow(Open):
     k: Positive | None  # None: a baseline, the same at every k
     relative_error: float  # NaN allowed: undefined for that configuration
     cosine: float
+    # format 3: intervals inside the range, [None, None] below 3 sequences
+    relative_error_ci: list[float | None] | None = None
+    cosine_ci: list[float | None] | None = None
 
 
-class BaselineTest(Open):
+class BaselineTest(Open):  # format 3: ``ci`` is [None, None] below 3 sequences
     """One paired test of a projection run: a method against a trivial baseline, at one k
     (what the verdicts of the report and ``summary()`` are read from)."""
 
@@ -88,7 +91,7 @@ def projection_array_spec(
 
 FORMAT = RunFormat(
     name=FAMILY.format,
-    version=2,
+    version=3,
     npz="projection.npz",
     schema=ProjectionMeta,
     arrays=projection_array_spec,

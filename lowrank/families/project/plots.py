@@ -1,13 +1,25 @@
-"""Figures of a ``lowrank project`` run: error against k, and a layer x head heatmap."""
+"""Figures of a ``lowrank project`` run: error against k, the model effect, a heatmap.
+
+Each panel carries one message and at most about six legend entries: the random projection
+families whose means agree (Gaussian, Rademacher and sparse JL do, within a few percent)
+are drawn once, the legend saying which others it stands for and how close they are; the
+run's figure puts each estimator in a column of its own (:func:`error_figure`). Formulas are
+mathtext, the run is named by :func:`lowrank.runs.labels.run_label`. The model effect is in
+:mod:`lowrank.families.project.effect_plots`.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lowrank.errors import LowrankError
+from lowrank.families.project.effect_plots import effect_figure
+from lowrank.families.project.styles import REFERENCE_STYLE
+from lowrank.maths.names import JL_METHODS
 from lowrank.plots.style import (
     DOUBLE_COLUMN,
     SINGLE_COLUMN,
@@ -25,48 +37,30 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
     from lowrank.families.project.result import ProjectionResult
 
 KIND_LABEL = {
-    "theorem1": "Theorem 1: ||P~w - Pw||_2 / ||Pw||_2",
-    "theorem2": "Theorem 2: ||O~ - O||_F / ||O||_F",
+    "theorem1": r"Theorem 1: $\|\tilde{P}w - Pw\|_2\,/\,\|Pw\|_2$",
+    "theorem2": r"Theorem 2: $\|\tilde{O} - O\|_F\,/\,\|O\|_F$",
+}
+ESTIMATOR_LABEL = {
+    "paper": r"$\tilde{P} = PR^{\mathsf{T}}R$ (paper)",
+    "projector": r"$\tilde{P} = PE^{+}E$ (projector)",
 }
 METRIC_LABEL = {
     "error": "relative error",
     "scale-free": "scale-free error (best rescale)",
     "cosine": "cosine with exact output",
 }
-# references (black) bound what a rank-k answer can reach; baselines (grey, drawn under the
-# methods) are the trivial answers a method must beat. Zero attention's error is exactly 1
-# and uniform's is close to it, as are weak methods': the baselines differ in dash and
-# width so that all three stay apart where they meet.
-REFERENCE_STYLE: dict[str, dict[str, Any]] = {
-    "svd": {"color": "k", "ls": "--", "lw": 1.0, "label": "reference: best rank-k of P (SVD)"},
-    "output-floor": {
-        "color": "k",
-        "ls": ":",
-        "lw": 1.0,
-        "marker": "x",
-        "ms": 3,
-        "label": "reference: output floor ||PV - (PV)_k||",
-    },
-    "zero": {
-        "color": "0.3",
-        "ls": (0, (5, 2, 1, 2)),
-        "lw": 1.0,
-        "zorder": 1.6,
-        "label": "baseline: zero attention",
-    },
-    "uniform": {
-        "color": "0.75",
-        "ls": "-",
-        "lw": 3.0,
-        "zorder": 1.5,
-        "label": "baseline: uniform attention",
-    },
-}
 ESTIMATOR_DASH = {"paper": "-", "projector": "--"}
+AGREE = 0.10
+"""Relative difference of the mean errors (every k, kind, estimator, raw and scale-free)
+within which JL families are drawn as one line (:func:`jl_stand_ins`)."""
+FLOOR = 0.01
+"""Errors below it count as exact when JL families are compared: at k = n the projector is
+exact for every family (1e-6 against 2e-6 is not a 100% difference a reader could see)."""
 
 
 def _family(row: str) -> tuple[str, str | None]:
@@ -77,41 +71,93 @@ def _family(row: str) -> tuple[str, str | None]:
     return row, None
 
 
+def _curve(run: ProjectionResult, kind: str, row: str, metric: str) -> np.ndarray | None:
+    """[K] mean over layers and heads of one row's ``metric`` (None: not in the run)."""
+    try:
+        mean = run.stat(kind, row, "mean", metric)
+    except LowrankError:
+        return None  # format_version 1 runs have no scale-free error or cosine
+    if np.isnan(mean).all():
+        return None
+    return np.nanmean(mean, axis=(1, 2))
+
+
+def jl_stand_ins(run: ProjectionResult) -> dict[str, tuple[list[str], float]]:
+    """JL families drawn as one: the first JL method of the run stands for the others whose
+    mean raw and scale-free errors (every kind, estimator and k) are within :data:`AGREE`
+    of its own, relatively. Returns ``{stand-in: (the families it stands for, the largest
+    relative difference)}``; a family that differs more is drawn on its own."""
+    jl = [m for m in run.methods if m in JL_METHODS]
+    if len(jl) < 2:
+        return {}
+    first, others = jl[0], []
+    worst = 0.0
+    for other in jl[1:]:
+        gaps = []
+        for kind in ("theorem1", "theorem2"):
+            for row in run.rows(kind):
+                family, estimator = _family(row)
+                if family != first:
+                    continue
+                twin = other if estimator is None else f"{other}[{estimator}]"
+                for metric in ("error", "scale-free"):
+                    a, b = _curve(run, kind, row, metric), _curve(run, kind, twin, metric)
+                    if a is not None and b is not None:
+                        scale = np.maximum(np.abs(a), FLOOR)
+                        gaps.append(float(np.max(np.abs(b - a) / scale)))
+        if gaps and max(gaps) <= AGREE:
+            others.append(other)
+            worst = max(worst, *gaps)
+    return {first: (others, worst)} if others else {}
+
+
+def _stand_in_note(family: str, stand_ins: dict[str, tuple[list[str], float]]) -> str:
+    if family not in stand_ins:
+        return ""
+    others, worst = stand_ins[family]
+    return f" (= {', '.join(others)} within {max(1, math.ceil(100 * worst))}%)"
+
+
 def plot_error_vs_k(
     run: ProjectionResult,
     kind: str,
     ax: Axes | None = None,
     legend: bool = True,
     metric: str = "error",
+    estimator: str | None = None,
+    labels: str = "row",
 ) -> Axes:
     """Mean ``metric`` (over sequences, draws, layers, heads) against k on log axes (the
     cosine on a linear y axis).
 
-    One colour per projection family; under Theorem 1 the ``paper`` estimator (P R^T R) is
-    solid and the ``projector`` one (P E^+ E) dashed. Black: the references, the best
-    rank-k approximation of P (dashed; a floor for ||P~ - P|| only) and the output floor
-    (dotted; the true floor for any rank-k output; where it is exactly 0, off a log axis,
-    its legend entry says from which k). Grey, under the methods: the trivial baselines,
-    zero attention (dash-dot) and uniform attention (wide pale line). ``legend`` puts the
-    legend below the axes.
+    One colour per projection family; JL families whose means agree are drawn once
+    (:func:`jl_stand_ins`, the legend names them). Under Theorem 1 only ``estimator``'s
+    rows (None: every estimator, ``paper`` P R^T R solid, ``projector`` P E^+ E dashed).
+    Black: the references, the best rank-k approximation of P (dashed; a floor for
+    ||P~ - P|| only) and the output floor (dotted; the true floor for any rank-k output;
+    where it is exactly 0, off a log axis, its legend entry says from which k). Grey, under
+    the methods: the trivial baselines, zero attention (dash-dot) and uniform attention (wide
+    pale line). ``labels``: ``row`` names lines by row (``gaussian[paper]``), ``family`` by
+    family alone (for figures whose panels share one legend). ``legend`` puts the legend
+    below the axes.
     """
     import seaborn as sns
 
     ax = axes_or_new(ax, (SINGLE_COLUMN, 3.4))
     ks = run.ks
-    rows = run.rows(kind)
+    stand_ins = jl_stand_ins(run)
+    hidden = {o for others, _ in stand_ins.values() for o in others}
+    rows = [r for r in run.rows(kind) if _family(r)[0] not in hidden]
+    if estimator is not None:
+        rows = [r for r in rows if _family(r)[1] in (None, estimator)]
     families = list(dict.fromkeys(_family(r)[0] for r in rows if r not in REFERENCE_STYLE))
     colours = dict(zip(families, sns.color_palette("colorblind", len(families)), strict=True))
     markers = dict(zip(families, "osD^vP*X", strict=False))
     log_y = metric != "cosine"
     for row in rows:
-        try:
-            mean = run.stat(kind, row, "mean", metric)
-        except LowrankError:
-            continue  # format_version 1 runs have no scale-free error or cosine
-        if np.isnan(mean).all():
+        y = _curve(run, kind, row, metric)
+        if y is None:
             continue
-        y = np.nanmean(mean, axis=(1, 2))
         if row in REFERENCE_STYLE:
             style = dict(REFERENCE_STYLE[row])
             if log_y and (y <= 0).any():
@@ -122,17 +168,23 @@ def plot_error_vs_k(
                 y = np.where(y > 0, y, np.nan)
             ax.plot(ks, y, **style)
             continue
-        family, estimator = _family(row)
+        if log_y:
+            y = np.where(y > 0, y, np.nan)  # exact (0) at k = n: off a log axis
+        family, est = _family(row)
+        name = family if labels == "family" else row
+        if kind == "theorem2" and labels != "family":
+            name = f"{row} (Linformer head)"
         ax.plot(
             ks,
             y,
             color=colours[family],
-            ls=ESTIMATOR_DASH.get(estimator or "paper", "-"),
+            ls=ESTIMATOR_DASH.get(est or "paper", "-") if estimator is None else "-",
             marker=markers[family],
             mfc="none",  # open markers show overlaps
-            ms=3,
-            lw=1.1,
-            label=row if kind == "theorem1" else f"{row} (Linformer head)",
+            ms=3.5,
+            lw=1.2,
+            zorder=3 - 0.1 * families.index(family),  # the first family on top
+            label=name + _stand_in_note(family, stand_ins),
         )
     ax.set(xscale="log", xlabel="projected dimension k", ylabel=METRIC_LABEL[metric])
     ax.set_xticks(ks, [str(k) for k in ks])
@@ -140,143 +192,113 @@ def plot_error_vs_k(
     if log_y:
         ax.set_yscale("log")
         readable_log_ticks(ax)
-    ax.set_title(
-        f"{KIND_LABEL[kind]}\nmean over sequences, draws, layers and heads", fontsize="small"
-    )
+    title = KIND_LABEL[kind]
+    if kind == "theorem1" and estimator is not None:
+        title = f"Theorem 1, {ESTIMATOR_LABEL.get(estimator, estimator)}"
+    ax.set_title(title)
     if legend:
-        below_legend(ax)
+        below_legend(ax, fontsize="small")
     return ax
 
 
-SHARING_DASH: dict[str, Any] = {
-    "none": "-",
-    "none-same-R": (0, (1, 1)),
-    "headwise": "--",
-    "key-value": "-.",
-    "layerwise-separate": (0, (5, 1, 1, 1, 1, 1)),
-    "layerwise": ":",
-}
-
-
-def _sharing_label(sharing: str) -> str:
-    """``none (per head, separate E, F)``: the strategy and its place in the sharing grid."""
-    from lowrank.maths.sketches import SHARING_DESIGN
-
-    if sharing not in SHARING_DESIGN:
-        return sharing
-    level, same_r = SHARING_DESIGN[sharing]
-    return f"{sharing} (per {level}, {'one R for E, F' if same_r else 'separate E, F'})"
-
-
-EFFECT_LABEL = {
-    "cosine": "cosine with the exact final states",
-    "relative_error": "relative error of the final states",
-    "scale_free": "scale-free error of the final states",
-}
-
-
-def plot_effect(
-    run: ProjectionResult,
-    family: str,
-    ax: Axes | None = None,
-    metric: str = "cosine",
-    legend: bool = True,
-) -> Axes | None:
-    """Model-level ``cosine`` (``relative_error``, ``scale_free``) of the final hidden states
-    against k for one random projection ``family`` (E = delta R, F = exp(-delta) R), a
-    coloured line per sharing strategy; every deterministic method (pooling) in black and
-    the trivial baselines (every layer's attention replaced by zero or uniform attention) as
-    grey horizontal lines, for reference. ``legend`` puts the legend below the axes. None
-    when the run has no model effect."""
-    effect = run.config.get("model_effect") or {}
-    results = effect.get("results") or []
-    if not results:
-        return None
-    import seaborn as sns
-
-    ax = axes_or_new(ax, (SINGLE_COLUMN, 3.2))
-    groups: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    for r in results:
-        if r["k"] is None:
-            style = REFERENCE_STYLE[r["method"]]
-            ax.axhline(r[metric], **{k: v for k, v in style.items() if k not in ("marker", "ms")})
-        elif r["method"] == family or r["sharing"] == "n/a":
-            groups.setdefault((r["method"], r["sharing"]), []).append((r["k"], r[metric]))
-    sharings = [sh for (m, sh) in groups if m == family]
-    colours = dict(zip(sharings, sns.color_palette("colorblind", len(sharings)), strict=True))
-    pooled = [m for (m, sh) in groups if m != family]
-    markers = dict(zip(pooled, "^vDs", strict=False))
-    for (method, sharing), points in groups.items():
-        ks, values = zip(*sorted(points), strict=True)
-        if method == family:
-            ax.plot(
-                ks,
-                values,
-                color=colours[sharing],
-                ls=SHARING_DASH.get(sharing, "-"),
-                marker="o",
-                ms=2.5,
-                lw=1,
-                label=f"{family}, {_sharing_label(sharing)}",
-            )
-        else:
-            ax.plot(
-                ks,
-                values,
-                color="k",
-                marker=markers[method],
-                mfc="none",
-                ms=3,
-                lw=1,
-                label=f"{method} (deterministic)",
-            )
-    ax.set(xscale="log", xlabel="projected dimension k", ylabel=EFFECT_LABEL[metric])
-    ax.set_xticks(run.ks, [str(k) for k in run.ks])
-    ax.minorticks_off()
-    others = f"\nblack: {', '.join(pooled)} (deterministic)" if pooled else ""
-    ax.set_title(
-        f"every layer's K, V projected: final hidden states\n{family} "
-        r"($E = \delta R$, $F = e^{-\delta} R$), "
-        f"a line per sharing{others}",
-        fontsize="small",
+def _columns(run: ProjectionResult) -> list[tuple[str, str | None]]:
+    """The run figure's columns: Theorem 1 under each estimator measured, then Theorem 2."""
+    rows = run.rows("theorem1")
+    estimators: list[str | None] = list(
+        dict.fromkeys(e for r in rows if (e := _family(r)[1]) is not None)
     )
-    if legend:
-        handles = ax.get_legend_handles_labels()[0]
-        baselines = [h for h in handles if str(h.get_label()).startswith("baseline")]
-        below_legend(ax, [h for h in handles if h not in baselines] + baselines, ncol=1)
-    return ax
+    return [("theorem1", e) for e in estimators or [None]] + [("theorem2", None)]
+
+
+def error_figure(run: ProjectionResult) -> Figure:
+    """Error against k, small multiples: a row per metric (relative, scale-free error), a
+    column per estimator of Theorem 1 and one for Theorem 2's Linformer head, the y axis
+    shared along a row; one legend of families, references and baselines below."""
+    import matplotlib.pyplot as plt
+
+    columns = _columns(run)
+    fig, axes = plt.subplots(
+        2,
+        len(columns),
+        figsize=(DOUBLE_COLUMN, 5.2),
+        layout="constrained",
+        sharex=True,
+        sharey="row",
+        squeeze=False,
+    )
+    for r, metric in enumerate(("error", "scale-free")):
+        for c, (kind, estimator) in enumerate(columns):
+            ax = axes[r, c]
+            plot_error_vs_k(run, kind, ax, False, metric, estimator, labels="family")
+            if c:
+                ax.set_ylabel("")
+            if r:
+                ax.set_title("")
+            else:
+                ax.set_title(_column_title(kind, estimator))
+            if r == 0:
+                ax.set_xlabel("")
+        readable_log_ticks(axes[r, 0])  # once the shared limits are known
+    merged_legend(fig, list(axes.flat), ncol=3, fontsize="small")
+    fig.suptitle(
+        f"{run_label(run.config)}, n = {run.config['seq_len']}, "
+        f"N = {run.config['num_sequences']}: mean over sequences, draws, layers and heads",
+        fontsize="medium",
+    )
+    return fig
+
+
+def _column_title(kind: str, estimator: str | None) -> str:
+    if kind == "theorem2":
+        return "Theorem 2, Linformer head\n" + r"$\|\tilde{O} - O\|_F\,/\,\|O\|_F$"
+    head = "Theorem 1" if estimator is None else f"Theorem 1, {ESTIMATOR_LABEL[estimator]}"
+    return head + "\n" + r"$\|\tilde{P}w - Pw\|_2\,/\,\|Pw\|_2$"
 
 
 def plot_error_heatmap(
     run: ProjectionResult, method: str, k: int, kind: str = "theorem2", ax: Axes | None = None
 ) -> Axes:
-    """Layer (rows, layer 1 at the bottom) x head heatmap of the mean error at one k."""
+    """Layer (rows, layer 1 at the bottom) x head heatmap of the mean error at one k, each
+    cell's value written at the body font size where the grid is small enough to read."""
     import seaborn as sns
 
-    ax = axes_or_new(ax, (SINGLE_COLUMN, 2.6))
     ki = int(np.flatnonzero(run.ks == k)[0])
     values = run.stat(kind, method, "mean")[ki]  # (L, H)
     layers, heads = values.shape
+    annotate = layers * heads <= ANNOTATED_CELLS
+    ax = axes_or_new(ax, heatmap_size(layers, heads))
+    big = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 0.0
     sns.heatmap(
         values[::-1],
         ax=ax,
         cmap="magma_r",
-        annot=layers * heads <= 96,
-        fmt=".2f",
-        annot_kws={"fontsize": 4.5},
+        annot=annotate,
+        fmt=".2f" if big < 10 else ".1f",
+        annot_kws={"fontsize": "medium"},  # the body size
         cbar_kws={"label": "mean " + KIND_LABEL[kind].split(": ", 1)[1]},
         xticklabels=list(range(1, heads + 1)),
         yticklabels=list(range(layers, 0, -1)),
     )
     ax.set(xlabel="head", ylabel="layer (1 = bottom)")
-    ax.tick_params(axis="both", length=0, labelsize="small")
+    ax.tick_params(axis="both", length=0)
     ax.tick_params(axis="y", rotation=0)
     ax.set_title(
         f"{run_label(run.config)}, N = {run.config['num_sequences']}\n"
-        f"{KIND_LABEL[kind].split(':')[0]}, {method}, k = {k}",
-        fontsize="medium",
+        f"{KIND_LABEL[kind].split(':')[0]}, {method}, k = {k}"
     )
     return ax
+
+
+ANNOTATED_CELLS = 96
+"""The largest layer x head grid whose cells carry their values (beyond, colour alone)."""
+
+
+def heatmap_size(layers: int, heads: int) -> tuple[float, float]:
+    """Inches that leave each annotated cell room for ``0.00`` at the body font size; a
+    grid too large to annotate gets smaller cells, at most 7 inches tall."""
+    if layers * heads <= ANNOTATED_CELLS:
+        return (min(DOUBLE_COLUMN, 1.6 + 0.38 * heads), 1.3 + 0.3 * layers)
+    return (min(DOUBLE_COLUMN, 1.6 + 0.22 * heads), min(7.0, 1.3 + 0.12 * layers))
 
 
 def heatmap_method(run: ProjectionResult, kind: str) -> str:
@@ -301,48 +323,14 @@ def _write_run(run: ProjectionResult, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
-    title = (
-        f"{run_label(run.config)}, n = {run.config['seq_len']}, N = {run.config['num_sequences']}"
-    )
     with paper_style():
-        fig, axes = plt.subplots(2, 2, figsize=(DOUBLE_COLUMN, 5.2), layout="constrained")
-        for col, metric in enumerate(("error", "scale-free")):
-            plot_error_vs_k(run, "theorem1", axes[0, col], legend=False, metric=metric)
-            plot_error_vs_k(run, "theorem2", axes[1, col], legend=False, metric=metric)
-        merged_legend(fig, [axes[0, 0], axes[1, 0]], ncol=4)
-        fig.suptitle(
-            title + "\nTheorem 1 rows: solid = paper estimator P R^T R (n E^T E / tr for "
-            "pooling), dashed = projector P E^+ E",
-            fontsize="small",
-        )
-        written += save(fig, out / "error_vs_k")
-        results = (run.config.get("model_effect") or {}).get("results") or []
-        families = list(
-            dict.fromkeys(
-                r["method"] for r in results if r["k"] is not None and r["sharing"] != "n/a"
-            )
-        )
-        if results and families:
-            fig, axes = plt.subplots(
-                1,
-                len(families),
-                figsize=(DOUBLE_COLUMN, 2.8),
-                layout="constrained",
-                sharey=True,
-                squeeze=False,
-            )
-            for ax, family in zip(axes[0], families, strict=True):
-                plot_effect(run, family, ax, legend=False)
-                ax.set_title(ax.get_title().split("\n", 1)[1], fontsize="small")  # as suptitle
-            merged_legend(fig, list(axes[0]), ncol=3)
-            fig.suptitle(
-                f"{title}: every layer's K, V projected (one draw of E, F per configuration); "
-                "grey: every layer's attention replaced by a baseline",
-                fontsize="small",
-            )
+        written += save(error_figure(run), out / "error_vs_k")
+        fig = effect_figure(run)
+        if fig is not None:
             written += save(fig, out / "model_effect")
         method = heatmap_method(run, "theorem2")
-        fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.6), layout="constrained")
+        layers, heads = run.stat("theorem2", method, "mean").shape[1:]
+        fig, ax = plt.subplots(figsize=heatmap_size(layers, heads), layout="constrained")
         plot_error_heatmap(run, method, int(run.config["heatmap_k"]), ax=ax)
         written += save(fig, out / f"heatmap_{method}_k{run.config['heatmap_k']}")
     return written

@@ -28,11 +28,15 @@ if TYPE_CHECKING:
 KINDS = ("theorem1", "theorem2")
 
 
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def _metric_key(kind: str, row: str, metric: str) -> str:
     return f"{kind}_{row}" if metric == "error" else f"{kind}_{row}_{metric}"
 
 
-@dataclass
+@dataclass(repr=False)  # RunResult's short repr
 class ProjectionResult(RunResult):
     """A ``lowrank project`` run: projection errors against k on real attention.
 
@@ -90,8 +94,9 @@ class ProjectionResult(RunResult):
         """The table the CLI prints, as a DataFrame.
 
         One row per (kind, row, metric, k): ``mean`` over sequences, draws, layers and heads,
-        its 95% t-interval over sequences (``ci_low``, ``ci_high``; cluster = sequence, NaN
-        for one sequence) and, for the raw and scale-free errors of methods, the verdict
+        its 95% interval over sequences inside the metric's range (``ci_low``, ``ci_high``;
+        cluster = sequence; Student-t on the logit/log scale of the range, mapped back; NaN
+        below 3 sequences) and, for the raw and scale-free errors of methods, the verdict
         against both trivial baselines (``+`` beats zero and uniform attention, ``-`` loses
         to one, ``~`` inconclusive; Holm over the run's tests).
 
@@ -104,8 +109,11 @@ class ProjectionResult(RunResult):
         """
         import pandas as pd
 
-        from lowrank.families.project.workflow import cell_verdicts, sequence_clusters
-        from lowrank.maths.stats import t_interval
+        from lowrank.families.project.workflow import (
+            cell_verdicts,
+            cluster_interval,
+            sequence_clusters,
+        )
 
         ks = [int(k) for k in self.arrays["ks"]]
         if at is not None and at not in ks:
@@ -137,8 +145,8 @@ class ProjectionResult(RunResult):
                         mean = float(np.nanmean(self.arrays[f"{key}_mean"][ki]))
                         lo, hi = (np.nan, np.nan)
                         if clusters is not None:
-                            mean = float(clusters[ki].mean())
-                            lo, hi = t_interval(clusters[ki])
+                            iv = cluster_interval(clusters[ki], mt)
+                            mean, lo, hi = iv.mean, iv.low, iv.high
                         records.append(
                             base
                             | {
@@ -165,9 +173,9 @@ class ProjectionResult(RunResult):
     def effects(self) -> pd.DataFrame:
         """The model-level effect: one row per replacement of every layer's attention
         (a method, sharing and k, or a baseline with k None): relative error, scale-free
-        error and cosine of the final hidden states with their 95% t-intervals over
-        sequences, the masked-LM loss where the model has a head, and the verdict against
-        the baselines. Empty without ``model_effect``."""
+        error and cosine of the final hidden states with their 95% intervals over
+        sequences (inside the range; NaN below 3 sequences), the masked-LM loss where the
+        model has a head, and the verdict against the baselines. Empty without ``model_effect``."""
         import pandas as pd
 
         results = (self.config.get("model_effect") or {}).get("results") or []
@@ -179,12 +187,12 @@ class ProjectionResult(RunResult):
                     "sharing": e["sharing"],
                     "k": e["k"],
                     "relative_error": e["relative_error"],
-                    "relative_error_ci_low": e["relative_error_ci"][0],
-                    "relative_error_ci_high": e["relative_error_ci"][1],
+                    "relative_error_ci_low": _or_nan(e["relative_error_ci"][0]),
+                    "relative_error_ci_high": _or_nan(e["relative_error_ci"][1]),
                     "scale_free": e["scale_free"],
                     "cosine": e["cosine"],
-                    "cosine_ci_low": e["cosine_ci"][0],
-                    "cosine_ci_high": e["cosine_ci"][1],
+                    "cosine_ci_low": _or_nan(e["cosine_ci"][0]),
+                    "cosine_ci_high": _or_nan(e["cosine_ci"][1]),
                     "mlm_loss": e["mlm_loss"],
                     "mlm_loss_exact": e["mlm_loss_exact"],
                     "verdict": e.get("verdict"),
@@ -219,22 +227,32 @@ class ProjectionResult(RunResult):
         *,
         kind: str = "theorem2",
         metric: str = "error",
+        estimator: str | None = None,
         legend: bool = True,
     ) -> Axes:
         """Mean ``metric`` (``error``, ``scale-free``, ``cosine``) of ``kind``
         (``theorem1``/``theorem2``) against k, a line per row, the references black and the
-        baselines grey (:func:`lowrank.families.project.plots.plot_error_vs_k`); ``legend``
-        below the axes. Returns the axes.
+        baselines grey (:func:`lowrank.families.project.plots.plot_error_vs_k`); JL families
+        whose means agree within 10% drawn once, the legend naming them. Under Theorem 1,
+        the rows of one ``estimator`` (``paper`` or ``projector``; None: the run's first,
+        ``paper``, Theorem 1's own construction). ``legend`` below the axes. Returns the
+        axes.
 
         Raises:
-            LowrankError: a kind or metric this run does not have (the message lists them).
+            LowrankError: a kind, metric or estimator this run does not have (the message
+                lists them).
         """
         from lowrank.families.project.plots import plot_error_vs_k
         from lowrank.plots.style import choose
 
         choose("kind", kind, KINDS)
         choose("metric", metric, self._metrics(kind))
-        return plot_error_vs_k(self, kind, ax, legend=legend, metric=metric)
+        estimators = [str(e) for e in self.arrays.get("estimators", [])]
+        if estimator is not None:
+            choose("estimator", estimator, estimators)
+        elif kind == "theorem1" and estimators:
+            estimator = estimators[0]  # one estimator per panel: Theorem 1's own first
+        return plot_error_vs_k(self, kind, ax, legend=legend, metric=metric, estimator=estimator)
 
     def _metrics(self, kind: str) -> list[str]:
         """The metrics this run holds for ``kind`` (format 1 runs: the error only)."""
@@ -281,15 +299,10 @@ class ProjectionResult(RunResult):
         Raises:
             LowrankError: the run has no model effect, or a family or metric it lacks.
         """
-        from lowrank.families.project.plots import EFFECT_LABEL, plot_effect
+        from lowrank.families.project.effect_plots import EFFECT_LABEL, plot_effect, random_families
         from lowrank.plots.style import choose
 
-        results = (self.config.get("model_effect") or {}).get("results") or []
-        families = list(
-            dict.fromkeys(
-                r["method"] for r in results if r["k"] is not None and r["sharing"] != "n/a"
-            )
-        )
+        families = random_families(self)
         if not families:
             raise LowrankError("this run has no model effect of a random projection to plot")
         choose("family", family or families[0], families, "this run's model effect has")
@@ -304,8 +317,5 @@ class ProjectionResult(RunResult):
         ``<run folder>/figures``); returns the files."""
         from lowrank.families.project.plots import write_figures
 
-        if folder is None and self.path is None:
-            raise LowrankError("draw(): give a folder or save the run first")
-        target = Path(folder) if folder else Path(self.path or ".") / "figures"
-        self.figures = write_figures([self], target)
+        self.figures = write_figures([self], self.figure_folder(folder))
         return self.figures

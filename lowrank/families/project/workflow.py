@@ -8,6 +8,7 @@ exactly as the fresh one did.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,8 +24,10 @@ from lowrank.families.project.approximation import (
     summarize,
 )
 from lowrank.families.project.format import FORMAT
+from lowrank.maths.intervals import MIN_SEQUENCES, MeanInterval, mean_interval
 from lowrank.maths.sketches import BASELINES, JL_METHODS
-from lowrank.maths.stats import holm, t_interval
+from lowrank.maths.stats import holm
+from lowrank.runs.writing import json_value
 
 if TYPE_CHECKING:
     from lowrank.inputs.config import InputConfig
@@ -137,7 +140,7 @@ def project_identity(
 
 def json_ready(value: dict[str, Any]) -> dict[str, Any]:
     """``value`` as it reads back from JSON: tuples become lists, paths strings."""
-    return json.loads(json.dumps(value, default=str))
+    return json.loads(json.dumps(value, default=json_value))
 
 
 def _masked_lm(loaded: LoadedModel) -> Any | None:
@@ -154,10 +157,38 @@ def _masked_lm(loaded: LoadedModel) -> Any | None:
 
 
 INTERVALS = (
-    "95% Student-t intervals over sequences: each sequence is one cluster (its layers, heads "
-    "and draws are averaged first, as they share the text); paired differences against the "
-    "baselines use the same clusters, two-sided, Holm-corrected over every test of the run"
+    "95% intervals over sequences: each sequence is one cluster (its layers, heads and draws "
+    "are averaged first, as they share the text); Student-t on the scale that maps the "
+    "quantity's range onto the line (logit for the scale-free error in [0, 1] and the cosine "
+    "in [-1, 1], log for the relative error in [0, inf)), mapped back, so both ends stay in "
+    f"the range; none below {MIN_SEQUENCES} sequences. Paired differences against the "
+    "baselines use the same clusters (plain Student-t), two-sided, Holm-corrected over every "
+    "test of the run"
 )
+RANGES: dict[str, tuple[float, float]] = {
+    "error": (0.0, math.inf),
+    "scale-free": (0.0, 1.0),
+    "cosine": (-1.0, 1.0),
+}
+"""The range of each metric: relative errors are ratios of norms, the scale-free error is
+sqrt(1 - cos^2) (within [0, 1] once the best rescale is taken), cosines lie in [-1, 1]."""
+
+
+def cluster_interval(values: np.ndarray, metric: str) -> MeanInterval:
+    """The mean of per-sequence ``values`` of ``metric`` and its 95% interval inside the
+    metric's range (:data:`RANGES`, :func:`lowrank.maths.intervals.mean_interval`).
+
+    Sequences whose value is NaN (a row that does not apply) are left out; values a float32
+    rounding puts just outside the range are clipped to it. No finite value: NaN mean.
+    """
+    lo, hi = RANGES[metric]
+    x = np.asarray(values, dtype=np.float64)
+    x = np.clip(x[np.isfinite(x)], lo, hi)
+    if x.size == 0:
+        return MeanInterval(math.nan, math.nan, math.nan, 0, "", "no finite value")
+    return mean_interval(x, lo, hi)
+
+
 KIND_TITLE = {
     "theorem1": (
         "Theorem 1, linear estimators P~ = P M of P on the value columns w: "
@@ -225,6 +256,7 @@ def baseline_tests(
                     base = sequence_clusters(samples[f"{kind}_{baseline}{suffix}"], n_seq)
                     for ki, k in enumerate(spec.ks):
                         diff = base[ki] - mine[ki]
+                        iv = mean_interval(diff) if np.isfinite(diff).all() else None
                         records.append(
                             {
                                 "kind": kind,
@@ -233,7 +265,7 @@ def baseline_tests(
                                 "k": int(k),
                                 "baseline": baseline,
                                 "mean_diff": float(np.mean(diff)),
-                                "ci": list(t_interval(diff)),
+                                "ci": _ends(iv),
                                 "p": _paired_p(diff),
                             }
                         )
@@ -241,6 +273,13 @@ def baseline_tests(
         rec["p_holm"] = adj
         rec["significant"] = adj < alpha
     return records
+
+
+def _ends(iv: MeanInterval | None) -> list[float | None]:
+    """[low, high] of an interval for run.json, None where there is none."""
+    if iv is None or not math.isfinite(iv.low):
+        return [None, None]
+    return [iv.low, iv.high]
 
 
 def cell_verdicts(tests: list[dict[str, Any]]) -> dict[tuple[str, str, str, int], str]:
@@ -303,9 +342,11 @@ def project_report(
     figures: list[Path] | None = None,
 ) -> str:
     """The text ``lowrank project`` prints: per kind, metric, row and k the mean over
-    sequences with its 95% t-interval half-width (cluster = sequence), the verdicts against
-    the trivial baselines, the row notes, the model-level effect, then the run folder and the
-    figures when given."""
+    sequences with its 95% interval inside the metric's range (cluster = sequence;
+    :func:`cluster_interval`; the mean alone below 3 sequences, as the header says), the
+    verdicts against the trivial baselines, the row notes, the model-level effect, then the
+    run folder and the figures when given. Runs of earlier formats report their intervals
+    recomputed from their samples."""
     ks = [int(k) for k in arrays["ks"]]
     n_seq = int(meta["num_sequences"])
     tests = meta.get("baseline_tests") or []
@@ -317,14 +358,21 @@ def project_report(
 
     lines: list[str] = []
     echo = lines.append
-    header = "  " + f"{'row':<22}" + "".join(f"{'k=' + str(k):>16}" for k in ks)
+    width = 24 if n_seq >= MIN_SEQUENCES else 10
+    header = "  " + f"{'row':<22}" + "".join(f"{'k=' + str(k):>{width}}" for k in ks)
     verdicts = cell_verdicts(tests)
     for kind in ("theorem1", "theorem2"):
         echo(f"\n{KIND_TITLE[kind]}")
-        echo(
-            f"  mean over sequences, draws, layers, heads [95% t-interval over {n_seq} "
-            "sequences, cluster = sequence]"
-        )
+        if n_seq >= MIN_SEQUENCES:
+            echo(
+                f"  mean over sequences, draws, layers, heads [95% interval over {n_seq} "
+                "sequences, cluster = sequence, inside the quantity's range]"
+            )
+        else:
+            echo(
+                f"  mean over sequences, draws, layers, heads (N = {n_seq}: too few sequences "
+                f"for an interval; needs {MIN_SEQUENCES})"
+            )
         for metric in METRICS:
             suffix = "" if metric == "error" else f"_{metric}"
             echo(f"  -- {METRIC_TITLE[metric]}")
@@ -334,12 +382,8 @@ def project_report(
                 if key not in arrays:
                     continue  # format_version 1 runs kept no samples of this metric
                 clusters = sequence_clusters(arrays[key], n_seq)
-                cells = []
-                for ki in range(len(ks)):
-                    lo, hi = t_interval(clusters[ki])
-                    spread = f"{(hi - lo) / 2:.3f}" if np.isfinite(lo) else "n/a"  # one sequence
-                    cells.append(f"{clusters[ki].mean():.3f}+-{spread}")
-                echo(f"  {row:<22}" + "".join(f"{c:>16}" for c in cells))
+                cells = [_cell(cluster_interval(clusters[ki], metric)) for ki in range(len(ks))]
+                echo(f"  {row:<22}" + "".join(f"{c:>{width}}" for c in cells))
         echo(
             "  -- against the trivial baselines (raw/scale-free; + beats zero and uniform "
             "attention, - loses to one, ~ inconclusive; paired over sequences, Holm over "
@@ -368,27 +412,48 @@ def project_report(
     return "\n".join(lines)
 
 
+def _cell(iv: MeanInterval) -> str:
+    """``0.912 [0.874, 0.941]``, or the mean alone where there is no interval."""
+    if not math.isfinite(iv.mean):
+        return "n/a"
+    if not math.isfinite(iv.low):
+        return f"{iv.mean:.3f}"
+    return f"{iv.mean:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
+
+
+def _ci_text(ci: list[float | None] | tuple[float | None, ...], digits: int = 4) -> str:
+    """``[0.1234, 0.2345]`` or ``(no interval)``."""
+    lo, hi = ci
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "(no interval)"
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 def _effect_lines(effects: list[dict[str, Any]]) -> list[str]:
     """The model-effect table of the report, with the verdicts grouped."""
+    n_seq = len(effects[0]["per_sequence"]["cosine"])
+    interval = (
+        "[95% interval over sequences, inside the range]"
+        if n_seq >= MIN_SEQUENCES
+        else f"(N = {n_seq}: too few sequences for an interval; needs {MIN_SEQUENCES})"
+    )
     lines = [
         "\nmodel effect: every layer's attention replaced; final hidden states against the "
-        "exact model (mean over sequences [95% t-interval]); one draw of E, F per "
+        f"exact model (mean over sequences {interval}); one draw of E, F per "
         "configuration (--proj-seed), so the intervals are conditional on that draw",
-        f"  {'method':<12} {'sharing':<19} {'k':>5}  {'relative error':<24}"
-        f"{'scale-free':>11}  {'cosine':<24} {'vs baselines':<12}",
+        f"  {'method':<12} {'sharing':<19} {'k':>5}  {'relative error':<26}"
+        f"{'scale-free':>11}  {'cosine':<26} {'vs baselines':<12}",
     ]
     for e in effects:
         loss = ""
         if e["mlm_loss"] is not None:
             loss = f"  MLM loss {e['mlm_loss']:.3f} (exact {e['mlm_loss_exact']:.3f})"
         k = "-" if e["k"] is None else str(e["k"])
-        rel = f"{e['relative_error']:.4f} [{e['relative_error_ci'][0]:.4f}, " + (
-            f"{e['relative_error_ci'][1]:.4f}]"
-        )
-        cos = f"{e['cosine']:.4f} [{e['cosine_ci'][0]:.4f}, {e['cosine_ci'][1]:.4f}]"
+        rel = f"{e['relative_error']:.4f} {_ci_text(e['relative_error_ci'])}"
+        cos = f"{e['cosine']:.4f} {_ci_text(e['cosine_ci'])}"
         lines.append(
-            f"  {e['method']:<12} {e['sharing']:<19} {k:>5}  {rel:<24}"
-            f"{e['scale_free']:>11.4f}  {cos:<24} {e['verdict']:<12}{loss}"
+            f"  {e['method']:<12} {e['sharing']:<19} {k:>5}  {rel:<26}"
+            f"{e['scale_free']:>11.4f}  {cos:<26} {e['verdict']:<12}{loss}"
         )
     lines.append(
         "  vs baselines: each configuration against zero and uniform attention on cosine "

@@ -10,6 +10,7 @@ from lowrank.errors import LowrankError
 from lowrank.families.scaling.options import OPTIONS
 from lowrank.families.scaling.result import ScalingResult
 from lowrank.inputs.config import DatasetName, Device, DType
+from lowrank.maths.windows import Policy as WindowPolicy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -32,7 +33,12 @@ def scaling(
     tau: float = 0.1,
     fixed_index: int | None = None,
     bootstrap: int = 1000,
+    verdict_bootstrap: int = 200,
     bootstrap_seed: int = 0,
+    windows: WindowPolicy = "matched",
+    windows_per_document: int = 1,
+    window_seed: int = 0,
+    position_control: bool = True,
     precision: float | None = None,
     batch_size: int | None = None,
     memory_budget: float | None = None,
@@ -41,18 +47,23 @@ def scaling(
     out: str | Path | None = None,
     overwrite: bool = False,
     plot: bool = False,
+    label: str | None = None,
     progress: bool = True,
     command: str | None = None,
 ) -> ScalingResult:
-    """Rank of attention against the sequence length n, on the same documents at every n.
+    """Rank of attention against the sequence length n, on the same windows at every n.
 
-    Every document long enough for the largest n is cut to its first n tokens for every n;
+    Every document long enough for the largest n gives a window at a drawn offset (the same
+    start for every n; ``windows="openings"`` starts at its first token), cut to every n;
     each n is a spectrum run. Per n, layer and head: the ranks for 90% and 99% of the
     normalised cumulative sum, effective and stable rank, c at n/4 and at a fixed index,
     and the rank k the head output needs (``||PV - (PV)_k|| / ||PV|| <= tau``). Each rank
-    measure is fitted with ``a + b ln n`` and ``a n^beta`` per layer and for the model, and a
-    verdict is named only when AIC and the held-out largest n agree in 95% of bootstrap
-    resamples of documents (see ``lowrank scaling --help``).
+    measure is fitted with ``a + b ln n``, ``a n^beta`` and ``C - c n^-gamma`` per layer and
+    for the model; the verdict names a model only when it alone fits (held-out largest n
+    within 10%, no curvature in ln n) or is preferred in 95% of resamples of documents, and
+    says ``none fits`` or ``cannot tell`` otherwise; fewer than five lengths give no verdict.
+    The position control measures the middle n again at shifted position ids (see
+    ``lowrank scaling --help``).
 
     Args:
         model: a preset name, hub id, local folder, or a ``transformers.PreTrainedModel``
@@ -73,12 +84,13 @@ def scaling(
             records this call.
 
     The other options are those of ``lowrank scaling`` (``--num-sequences``, ``--seed``,
-    ``--tau``, ``--fixed-index``, ``--bootstrap``, ``--bootstrap-seed``, ``--precision``,
-    ``--batch-size``, ``--memory-budget``, ``--device``, ``--dataset``, ``--split``), with
-    the same defaults and checks.
+    ``--tau``, ``--fixed-index``, ``--bootstrap``, ``--verdict-bootstrap``,
+    ``--bootstrap-seed``, ``--windows``, ``--windows-per-document``, ``--window-seed``,
+    ``--position-control``, ``--precision``, ``--batch-size``, ``--memory-budget``,
+    ``--device``, ``--dataset``, ``--split``), with the same defaults and checks.
 
     Returns:
-        a :class:`ScalingResult`: arrays named as in ``scaling.npz`` (e.g. ``rank90`` [S, D,
+        a :class:`ScalingResult`: arrays named as in ``scaling.npz`` (e.g. ``rank90`` [S, W,
         L, H], ``output_rank_mean`` [G, S]), ``summary(at=n)``, ``report()``, ``plot()``,
         ``save()``; ``runs[n]`` holds the spectrum run of each n.
 
@@ -113,6 +125,11 @@ def scaling(
         fixed_index=fixed_index,
         bootstrap=bootstrap,
         bootstrap_seed=bootstrap_seed,
+        verdict_bootstrap=verdict_bootstrap,
+        windows=windows,
+        windows_per_document=windows_per_document,
+        window_seed=window_seed,
+        position_control=position_control,
         batch_size=batch_size,
         memory_budget=memory_budget,
     )
@@ -126,6 +143,8 @@ def scaling(
         check_out_dir(folder, identity, overwrite)
     provenance = Provenance.of(scaling, call, command)
     res = run_scaling(model, tokenizer, data, config, spec, precision, provenance, progress)
+    if label is not None:
+        res.config["label"] = label
     if folder is not None:
         res.save(folder, overwrite=overwrite)
         if plot:

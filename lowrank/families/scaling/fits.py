@@ -1,15 +1,16 @@
-"""How the rank of attention grows with n: the fits and the verdicts.
+"""Format 1's fits and verdicts: ``a + b ln n`` against ``a n^beta``, by AIC and the held-out
+largest n. Kept to explain format-1 folders, and because the corrected verdicts
+(:mod:`lowrank.families.scaling.verdicts`, three models, :mod:`lowrank.maths.growth`) are
+tested against the cases this rule got wrong: it tests no saturating model, cannot answer
+"none fits", and names verdicts from three lengths. The command no longer calls
+:func:`verdict`; :func:`bootstrap_indices` and :func:`group_values` serve both.
 
-Pure functions on arrays. The question (Linformer, Wang et al. 2020, Sec. 3 and Theorem 2:
-a projected length k = O(d log d / eps^2) suffices, independent of n) is whether the rank
-that real attention needs grows like ``a + b ln n`` or like a power ``a n^beta``. Every n
-sees the same text: each qualifying document is cut to its first n tokens for every n
-(:func:`lowrank.families.scaling.measures.nested_windows`), so the documents are clusters
-shared by all n, and every interval
-here is a bootstrap over documents (:func:`bootstrap_indices`): resample documents, recompute
-the means at every n, refit.
-
-The rank measures themselves are :mod:`lowrank.families.scaling.measures`.
+The question (Linformer, Wang et al. 2020, Sec. 3 and Theorem 2: a projected length
+k = O(d log d / eps^2) suffices, independent of n) is whether the rank that real attention
+needs grows like ``a + b ln n`` or like a power ``a n^beta``. Every n sees the same text
+(:func:`lowrank.families.scaling.measures.document_windows`), so the documents are clusters
+shared by all n, and every interval here is a bootstrap over documents
+(:func:`bootstrap_indices`): resample documents, recompute the means at every n, refit.
 """
 
 from __future__ import annotations

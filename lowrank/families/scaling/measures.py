@@ -1,18 +1,19 @@
-"""What ``lowrank scaling`` measures at every n: nested windows and rank measures.
+"""What ``lowrank scaling`` measures at every n: windows and rank measures.
 
-Every n sees the same text: each qualifying document is cut to its first n tokens for every n
-(:func:`nested_windows`). Rank measures per (document, layer, head), in :data:`MEASURES`
-order: the ranks for 90% and 99% of the normalised cumulative sum of singular values, the
-effective and stable ranks of P, and the rank that the head output needs, the smallest k with
-``||PV - (PV)_k||_F / ||PV||_F <= tau`` (Eckart-Young on PV, from its float64 singular
-values; at most d, the head dimension). :data:`C_MEASURES` are read off the same curve but
-not fitted: c at n/4 and c at a fixed index.
+Every n sees the same text: each window of a qualifying document starts at one offset (drawn,
+or the document's first token) and is cut to n tokens for every n (:func:`document_windows`).
+Rank measures per (window, layer, head), in :data:`MEASURES` order: the ranks for 90% and 99%
+of the normalised cumulative sum of singular values, the effective and stable ranks of P, and
+the rank that the head output needs, the smallest k with ``||PV - (PV)_k||_F / ||PV||_F <=
+tau`` (Eckart-Young on PV, from its float64 singular values; at most d, the head dimension).
+:data:`C_MEASURES` are read off the same curve but not fitted: c at n/4 and c at a fixed index.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ import torch
 from lowrank.core.options import flag, named
 from lowrank.errors import LowrankError
 from lowrank.maths.spectra import cumulative, effective_rank, rank_for, stable_rank
+from lowrank.maths.windows import Policy, matched_windows
 
 MEASURES = ("rank90", "rank99", "effective_rank", "stable_rank", "output_rank")
 C_MEASURES = ("c_at_quarter", "c_at_fixed")
@@ -36,45 +38,65 @@ MEASURE_LABELS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# nested windows
+# windows
 
 
 @dataclass(frozen=True)
-class NestedWindows:
-    """The same documents cut to every n.
+class DocumentWindows:
+    """The same tokens of each window cut to every n.
 
     Attributes:
         ns: the lengths, ascending.
-        documents: (D,) indices (into the tokenised corpus) of the documents analysed.
-        windows: per n, (D, n) int64 token ids: the model's start tokens, the document's
-            first ``n - specials`` tokens, its end tokens. Row i of every n holds a prefix of
-            the same document.
+        documents: (W,) index (into the tokenised corpus) of each window's document; a
+            document with several windows appears several times, consecutively.
+        starts: (W,) offset of each window's first text token in its document.
+        windows: per n, (W, n) int64 token ids: the model's start tokens, the document's
+            tokens ``[start, start + n - specials)``, its end tokens. Row i of every n holds
+            a prefix of the same tokens (row i of the largest n).
         qualified: how many documents have enough tokens for the largest n.
         longest: tokens of the longest document (without special tokens).
+        policy: run.json's ``window_policy`` (:meth:`lowrank.maths.windows.Windows.record`,
+            with the documents as corpus indices, and how the intervals cover the choice).
     """
 
     ns: tuple[int, ...]
     documents: np.ndarray
+    starts: np.ndarray
     windows: dict[int, np.ndarray]
     qualified: int
     longest: int
+    policy: dict[str, Any]
+
+    @property
+    def clusters(self) -> np.ndarray:
+        """(W,) 0-based cluster of each window: windows of one document share one."""
+        return np.unique(self.documents, return_inverse=True)[1].reshape(-1)
 
 
-def nested_windows(
+def document_windows(
     token_docs: Sequence[Sequence[int]],
     ns: Sequence[int],
     prefix: Sequence[int],
     suffix: Sequence[int],
     wanted: int,
     seed: int | None = None,
-) -> NestedWindows:
-    """Cut every document long enough for the largest n to its first n tokens, for each n.
+    policy: Policy = "matched",
+    per_document: int = 1,
+    window_seed: int = 0,
+) -> DocumentWindows:
+    """Choose the documents long enough for the largest n and cut their windows to every n.
+
+    The documents are the first ``wanted`` that qualify (or a seeded sample without
+    replacement, ``seed``); :func:`lowrank.maths.windows.matched_windows` then draws each
+    window's start from ``window_seed`` (``matched``: uniform over the offsets where the
+    largest window fits, stratified when a document gives ``per_document`` windows;
+    ``openings``: offset 0). Every n of a window reads ``tokens[start : start + n -
+    specials]``, so the windows stay nested across n.
 
     Args:
         token_docs: documents as token ids, without special tokens.
         ns: sequence lengths, special tokens included.
         prefix, suffix: the model's start and end tokens, wrapped around every window.
-        wanted: documents to keep (the first ones, or a seeded sample without replacement).
 
     Raises:
         LowrankError: when no document has enough tokens for the largest n (naming the
@@ -93,8 +115,7 @@ def nested_windows(
         raise LowrankError(
             f"no document has the {body} tokens (+{specials} special) that n = {ns[-1]} needs: "
             f"the longest has {longest}; use a smaller largest {flag('seq_len')} or a corpus of "
-            f"longer "
-            "documents"
+            "longer documents"
         )
     if seed is None or wanted >= len(qualified):
         chosen = np.array(qualified[:wanted], dtype=np.int64)
@@ -102,11 +123,33 @@ def nested_windows(
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(len(qualified), size=wanted, replace=False))
         chosen = np.array(qualified, dtype=np.int64)[pick]
+    lengths = [len(token_docs[i]) for i in chosen]
+    # every chosen document is drawn (count = all of them); only the starts are random
+    drawn = matched_windows(lengths, ns, len(chosen), window_seed, per_document, specials, policy)
+    docs = chosen[drawn.documents]
     windows = {}
     for n in ns:
-        rows = [[*prefix, *token_docs[i][: n - specials], *suffix] for i in chosen]
-        windows[n] = np.array(rows, dtype=np.int64).reshape(len(chosen), n)
-    return NestedWindows(ns, chosen, windows, len(qualified), longest)
+        rows = [
+            [*prefix, *token_docs[d][a:b], *suffix]
+            for d, (a, b) in zip(docs.tolist(), drawn.spans(n).tolist(), strict=True)
+        ]
+        windows[n] = np.array(rows, dtype=np.int64).reshape(len(docs), n)
+    record = drawn.record() | {
+        "documents": docs.tolist(),
+        "qualified_documents": len(qualified),
+        "per_document": per_document,
+        "uncertainty": WINDOW_UNCERTAINTY[policy],
+    }
+    return DocumentWindows(ns, docs, drawn.starts.copy(), windows, len(qualified), longest, record)
+
+
+WINDOW_UNCERTAINTY = {
+    "matched": "each window's start is a random draw, so each document's value carries its "
+    "window's draw and the bootstrap over documents (with all their windows) resamples that "
+    "spread: every interval and verdict covers the choice of windows as a random effect",
+    "openings": "every window starts at its document's first token: the intervals cover the "
+    "choice of documents only, and n is tied to the position in the document",
+}
 
 
 # ---------------------------------------------------------------------------------------------

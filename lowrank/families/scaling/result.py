@@ -8,7 +8,6 @@ memory, prints the command's summary (:meth:`ScalingResult.report`), tabulates i
 
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 from lowrank.core.options import named
 from lowrank.errors import LowrankError
 from lowrank.families.scaling.format import FORMAT
-from lowrank.families.scaling.measures import C_MEASURES, MEASURE_LABELS, MEASURES
+from lowrank.families.scaling.measures import MEASURES
 from lowrank.families.spectrum.result import SpectrumResult
+from lowrank.runs.commit import commit_folder
+from lowrank.runs.locks import hold
 from lowrank.runs.result import RunResult
-from lowrank.runs.writing import check_out_dir, write_run
+from lowrank.runs.writing import check_out_dir, check_replace, write_run_files
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,23 +30,37 @@ if TYPE_CHECKING:
 _REQUIRED = ("bootstrap", "tau", "fixed_index")  # beyond the schema: what report() reads
 
 
-@dataclass
+@dataclass(repr=False)  # RunResult's short repr
 class ScalingResult(RunResult):
     """A ``lowrank scaling`` run: rank measures against n, their fits and verdicts.
 
-    Arrays (``scaling.npz``; S lengths, D documents, L layers, H heads, G = L + 1 groups:
-    each layer, then the whole model):
+    Arrays (``scaling.npz``; S lengths, W windows analysed at every n, D documents, L layers,
+    H heads, G = L + 1 groups: each layer, then the whole model; K = 3 models of
+    ``growth_models``: log, power, saturating):
 
-    - ``ns`` [S], ``groups`` [G], ``measures``, ``c_measures``, ``documents`` [D] (indices
-      into the corpus), ``sequences_used`` [S], ``fit_documents``, ``tau``, ``fixed_index``,
-      ``bootstrap`` (scalars);
-    - per measure in ``MEASURES + C_MEASURES``: the per-document values [S, D, L, H] and
-      ``<m>_mean`` [G, S] (mean over documents and heads, and layers for ``model``);
+    - ``ns`` [S], ``groups`` [G], ``measures``, ``c_measures``, ``growth_models`` [K],
+      ``documents`` and ``window_starts`` [W_all] (each window's document, an index into the
+      corpus, and its first text token), ``sequences_used`` [S], ``fit_documents`` (D),
+      ``fit_windows`` (W), ``tau``, ``fixed_index``, ``bootstrap``, ``verdict_bootstrap``,
+      ``head_dim`` (scalars);
+    - per measure in ``MEASURES + C_MEASURES``: the per-window values [S, W, L, H] and
+      ``<m>_mean`` [G, S] (mean over documents, each the mean of its windows, and heads, and
+      layers for ``model``);
     - per fitted measure: ``<m>_interval`` [G, S, 2] (95% bootstrap interval of the mean),
       ``<m>_log_params`` (a, b of a + b ln n) and ``<m>_power_params`` (a, beta of a n^beta)
-      [G, 2], ``<m>_delta_aic``, ``<m>_aic_support``, ``<m>_heldout_support`` [G],
-      ``<m>_heldout_error`` [G, 2] (log, power), ``<m>_beta_interval`` [G, 2] and
-      ``<m>_verdict`` [G] (text).
+      [G, 2], ``<m>_saturating_params`` (C, c, gamma of C - c n^-gamma) [G, 3],
+      ``<m>_beta_interval`` [G, 2], per model ``<m>_heldout_relative``, ``<m>_heldout_within``,
+      ``<m>_curvature``, ``<m>_criterion``, ``<m>_fits`` [G, K], ``<m>_curvature_interval``
+      [G, K, 2], ``<m>_param_interval`` [G, K, 3, 2], and ``<m>_label`` / ``<m>_verdict``
+      [G] (the verdict's name and text; ``no verdict`` below five lengths);
+    - where the position control ran: ``position_control_<m>`` [2, W, L, H] (the windows of
+      ``position_control_n`` at the model's own and at position ids shifted by
+      ``position_control_shift``).
+
+    Format-1 folders (two models, windows at the documents' openings) hold
+    ``<m>_delta_aic``, ``<m>_aic_support``, ``<m>_heldout_support`` [G] and
+    ``<m>_heldout_error`` [G, 2] instead of the per-model arrays; they load, summarise and
+    draw (without a verdict in the figures).
 
     ``runs`` maps each n to its spectrum run, a
     :class:`~lowrank.families.spectrum.result.SpectrumResult` (``res.runs[64].summary()``).
@@ -77,22 +92,38 @@ class ScalingResult(RunResult):
 
         return run_label(self.config)
 
+    @property
+    def format_version(self) -> int:
+        """1: two models, windows at the openings; 2: three models, windows, position control."""
+        return int(self.config.get("format_version", 1))
+
     def verdict(self, measure: str, group: str = "model") -> str:
-        """The verdict on ``measure`` for a group ('layer 1', ..., 'model')."""
+        """The verdict on ``measure`` for a group ('layer 1', ..., 'model'), as printed."""
         return str(self.arrays[f"{measure}_verdict"][self.groups.index(group)])
+
+    def verdict_label(self, measure: str, group: str = "model") -> str | None:
+        """The verdict's name (``logarithmic``, ``power law``, ``saturating``, ``none fits``,
+        ``cannot tell``, ``no verdict``); None for a format-1 run, whose rule is not today's."""
+        if self.format_version < 2:
+            return None
+        return str(self.arrays[f"{measure}_label"][self.groups.index(group)])
 
     # --- tables ----------------------------------------------------------------------------
 
     def summary(self, at: int | None = None, **options: Any) -> pd.DataFrame:
         """One row per (fitted measure, group): the mean at every n (``n=<n>`` columns;
-        only the n ``at`` when given), the verdict, beta with its 95% interval, the AIC
-        difference (log minus power) and its support, and the held-out errors at the
-        largest n with their support.
+        only the n ``at`` when given), the verdict and its label, the log slope b, beta
+        with its 95% interval, the saturating level C and exponent gamma, and per model
+        (log, power, saturating) the held-out relative error at the largest n, the
+        curvature and whether it fits. Format-1 runs give their own columns (AIC
+        difference, held-out errors and the shares of resamples that agree).
 
         Raises:
             LowrankError: ``at`` is not one of the run's n.
         """
         import pandas as pd
+
+        from lowrank.families.scaling.report import summary_rows_v2
 
         ns = self.ns
         if at is not None and at not in ns:
@@ -106,86 +137,48 @@ class ScalingResult(RunResult):
                 row: dict[str, Any] = {"measure": m, "group": group}
                 for s, n in columns:
                     row[f"n={n}"] = float(self.arrays[f"{m}_mean"][g, s])
-                lo, hi = self.arrays[f"{m}_beta_interval"][g]
-                log_err, power_err = self.arrays[f"{m}_heldout_error"][g]
-                row |= {
-                    "verdict": self.verdict(m, group),
-                    "beta": float(self.arrays[f"{m}_power_params"][g, 1]),
-                    "beta_lo": float(lo),
-                    "beta_hi": float(hi),
-                    "delta_aic": float(self.arrays[f"{m}_delta_aic"][g]),
-                    "aic_support": float(self.arrays[f"{m}_aic_support"][g]),
-                    "heldout_error_log": float(log_err),
-                    "heldout_error_power": float(power_err),
-                    "heldout_support": float(self.arrays[f"{m}_heldout_support"][g]),
-                }
+                row |= summary_rows_v2(self, m, g) if self.format_version >= 2 else self._v1(m, g)
                 rows.append(row)
         return pd.DataFrame(rows)
 
+    def _v1(self, m: str, g: int) -> dict[str, Any]:
+        lo, hi = self.arrays[f"{m}_beta_interval"][g]
+        log_err, power_err = self.arrays[f"{m}_heldout_error"][g]
+        return {
+            "verdict": self.verdict(m, self.groups[g]),
+            "rule": "format 1: a + b ln n against a n^beta, no saturating model",
+            "beta": float(self.arrays[f"{m}_power_params"][g, 1]),
+            "beta_lo": float(lo),
+            "beta_hi": float(hi),
+            "delta_aic": float(self.arrays[f"{m}_delta_aic"][g]),
+            "aic_support": float(self.arrays[f"{m}_aic_support"][g]),
+            "heldout_error_log": float(log_err),
+            "heldout_error_power": float(power_err),
+            "heldout_support": float(self.arrays[f"{m}_heldout_support"][g]),
+        }
+
     def report(self) -> str:
         """What ``lowrank scaling`` prints: per measure the means at every n and the verdict
-        per layer and for the model, then where the run folder and figures are."""
-        ns = self.ns
-        used = int(self.arrays["fit_documents"])
-        draws = int(self.arrays["bootstrap"])
-        header = (
-            f"Fits of a + b ln n ('log') and a n^beta ('power') to the mean over {used} "
-            f"documents (and heads) at n = {', '.join(map(str, ns))}. A verdict is named only "
-            f"when AIC prefers a model by >= 2 and the model fitted to the smaller n predicts "
-            f"n = {ns[-1]} better, each in >= 95% of {draws} bootstrap resamples of documents, "
-            "and that prediction is within 10% of the observed mean; beta ± is the half-width "
-            "of its 95% bootstrap percentile interval. Below each row: the AIC difference and "
-            "the held-out |error| at the largest n (relative to the mean), each with the share "
-            "of resamples that agree."
-        )
-        lines = ["", textwrap.fill(header, 100)]
+        per layer and for the model with every model's margins, the position control, then
+        where the run folder and figures are."""
+        from lowrank.families.scaling.report import report_v1, report_v2
+
+        lines = report_v2(self) if self.format_version >= 2 else report_v1(self)
         if self.causal:
-            lines.append(
+            lines.insert(
+                2,
                 "causal decoder: P is lower-triangular; see 'Causal attention' in "
-                "docs/spectrum.md for what its spectrum measures"
+                "docs/spectrum.md for what its spectrum measures",
             )
-        for m in MEASURES:
-            title = MEASURE_LABELS[m].replace("tau", f"{float(self.arrays['tau']):g}")
-            lines += ["", title]
-            lines.append("  group   " + "".join(f"{'n=' + str(n):>8}" for n in ns) + "   verdict")
-            for g, group in enumerate(self.groups):
-                means = "".join(f"{v:>8.2f}" for v in self.arrays[f"{m}_mean"][g])
-                lines.append(f"  {group:<8}{means}   {self.verdict(m, group)}")
-                lines.append(f"  {'':<8}{'':>{8 * len(ns)}}   {self._evidence(m, g)}")
-        for m in C_MEASURES:
-            index = int(self.arrays["fixed_index"])
-            title = "c at index n/4" if m == "c_at_quarter" else f"c at index {index} (fixed)"
-            lines += ["", f"{title} (mean over documents and heads; not fitted)"]
-            lines.append("  group   " + "".join(f"{'n=' + str(n):>8}" for n in ns))
-            for g, group in enumerate(self.groups):
-                values = "".join(f"{v:>8.3f}" for v in self.arrays[f"{m}_mean"][g])
-                lines.append(f"  {group:<8}{values}")
         if self.path is not None:
             out = self.path
             lines += [
                 "",
                 f"run folder: {out}  ({out / 'run.json'}, {out / FORMAT.npz}; one spectrum run "
-                f"per n: {', '.join(str(out / f'n{n}') for n in ns)})",
+                f"per n: {', '.join(str(out / f'n{n}') for n in self.ns)})",
             ]
         lines += [f"figure: {path}" for path in self.figures]
         return "\n".join(lines)
-
-    def _evidence(self, m: str, g: int) -> str:
-        """``AIC: power better by 35.1, 100% agree | held-out n = 512: power off by 5.3
-        (3%), log by 71, 100% agree``."""
-        delta = float(self.arrays[f"{m}_delta_aic"][g])
-        better = "log" if delta > 0 else "power"
-        log_err, power_err = self.arrays[f"{m}_heldout_error"][g]
-        errs = {"log": log_err, "power": power_err}
-        other = "power" if better == "log" else "log"
-        last = abs(float(self.arrays[f"{m}_mean"][g, -1]))
-        relative = errs[better] / last if last else float("inf")
-        return (
-            f"AIC: {better} better by {abs(delta):.1f}, "
-            f"{self.arrays[f'{m}_aic_support'][g]:.0%} agree | held-out n = {self.ns[-1]}: "
-            f"{better} off by {errs[better]:.2g} ({relative:.0%}), {other} by "
-            f"{errs[other]:.2g}, {self.arrays[f'{m}_heldout_support'][g]:.0%} agree"
-        )
 
     # --- figures ---------------------------------------------------------------------------
 
@@ -193,8 +186,8 @@ class ScalingResult(RunResult):
         self, ax: Axes | None = None, *, measure: str = "output_rank", group: str = "model"
     ) -> Axes:
         """One fitted ``measure`` against n for a ``group`` ('layer 1', ..., 'model'), with
-        both fits and the verdict (:func:`lowrank.families.scaling.plots.plot_measure`). Returns the
-        axes.
+        the fits and the verdict where the data support one
+        (:func:`lowrank.families.scaling.plots.plot_measure`). Returns the axes.
 
         Raises:
             LowrankError: a measure or group this run does not have.
@@ -231,27 +224,49 @@ class ScalingResult(RunResult):
         ``<run folder>/figures``); returns the files."""
         from lowrank.families.scaling.plots import write_figures
 
-        if folder is None and self.path is None:
-            raise LowrankError("draw(): give a folder or save the run first")
-        target = Path(folder) if folder else Path(self.path or ".") / "figures"
-        self.figures = write_figures([self], target)
+        self.figures = write_figures([self], self.figure_folder(folder))
         return self.figures
 
     # --- files -----------------------------------------------------------------------------
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the run folder: ``n<n>/`` for every n (spectrum runs), then ``scaling.npz``
-        and ``run.json`` (each file atomically, run.json last).
+        """Write the run folder whole, in one step: ``n<n>/`` for every n (spectrum runs),
+        ``scaling.npz`` and ``run.json`` (whose manifest lists every file, those of the
+        ``n<n>`` folders too) are written into a private folder that then replaces ``path``
+        (:func:`lowrank.runs.commit.commit_folder`): an interrupt leaves the old run or the
+        new one, never n folders of one run under the summary of another.
 
         Raises:
             LowrankError: ``path`` holds another run (without ``overwrite``) or files that
-                are not a lowrank run.
+                are not a lowrank run, another process writes it, or it cannot be written.
         """
+        import os
+
+        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+            raise LowrankError(f"save({path!r}): give the run folder as a path or a string")
         out = Path(path)
-        check_out_dir(out, self.config["identity"], overwrite)
-        for n, run in sorted(self.runs.items()):
-            run.save(out / f"n{n}", overwrite=overwrite)
-        write_run(out, self.config, self.arrays, npz=FORMAT.npz)
+        identity = dict(self.config.get("identity") or {})
+
+        def check() -> None:
+            check_replace(out, identity, None)
+
+        with hold(out):
+            check_out_dir(out, identity, overwrite)
+            with commit_folder(out, None if overwrite else check) as stage:
+                folders = []
+                for n, run in sorted(self.runs.items()):
+                    write_run_files(
+                        stage / f"n{n}",
+                        run.config,
+                        run.arrays,
+                        npz=run.FORMAT.npz,
+                        files=run.extra_files(),
+                        shown=out / f"n{n}",
+                    )
+                    folders.append(f"n{n}")
+                write_run_files(
+                    stage, self.config, self.arrays, npz=FORMAT.npz, include=folders, shown=out
+                )
         self.path = out
         return out
 

@@ -1,10 +1,13 @@
-"""``lowrank scaling``: one spectrum run per n on nested windows, and the verdict on log n.
+"""``lowrank scaling``: one spectrum run per n on the same windows, and the growth verdicts.
 
-Every document long enough for the largest n is cut to its first n tokens for every n
-(:func:`lowrank.families.scaling.measures.nested_windows`). Each n is measured by
+Every document long enough for the largest n gives windows at drawn offsets (or at its first
+token), each cut to n tokens for every n
+(:func:`lowrank.families.scaling.measures.document_windows`). Each n is measured by
 :func:`lowrank.families.scaling.collect.analyse_length` and kept as a normal spectrum run (written
 to ``<out>/n<n>/``); the per-document rank measures, the fits and the verdicts make the
-``lowrank-scaling`` run (``<out>/scaling.npz`` and ``<out>/run.json``). Nothing here prints or
+``lowrank-scaling`` run (``<out>/scaling.npz`` and ``<out>/run.json``, written by
+:mod:`lowrank.families.scaling.record`), beside the position-shift control
+(:mod:`lowrank.families.scaling.control`). Nothing here prints or
 writes: :func:`run_scaling` returns a :class:`~lowrank.families.scaling.result.ScalingResult`.
 """
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,19 +30,24 @@ from lowrank.families.scaling.collect import (
     choose_batch,
     default_budget,
     estimate_for,
+    head_dim,
+    measure_windows,
+    memory_record,
 )
-from lowrank.families.scaling.fits import Verdict, verdicts
-from lowrank.families.scaling.format import FORMAT
+from lowrank.families.scaling.control import ControlPlan, plan_control
+from lowrank.families.scaling.fits import bootstrap_indices
 from lowrank.families.scaling.measures import (
     ALL_MEASURES,
-    C_MEASURES,
     MEASURES,
-    NestedWindows,
-    nested_windows,
+    DocumentWindows,
+    document_windows,
 )
+from lowrank.families.scaling.record import Measured, scaling_arrays, summary_meta
 from lowrank.families.scaling.result import ScalingResult
+from lowrank.families.scaling.verdicts import group_verdicts, per_document
 from lowrank.families.spectrum.result import SpectrumResult
 from lowrank.inputs.config import InputConfig, heatmap_index
+from lowrank.maths.windows import Policy
 
 if TYPE_CHECKING:
     from lowrank.inputs.objects import DataInput, ModelInput
@@ -58,8 +66,13 @@ class ScalingSpec:
     ns: tuple[int, ...] = (32, 64, 128, 256, 512)  # lengths, special tokens included
     tau: float = 0.1  # relative output error ||PV - (PV)_k|| / ||PV|| of output_rank
     fixed_index: int | None = None  # index of c_at_fixed; None: the smallest n
-    bootstrap: int = 1000  # resamples of documents for every interval and verdict
+    bootstrap: int = 1000  # resamples of documents for the intervals of the means
     bootstrap_seed: int = 0
+    verdict_bootstrap: int = 200  # resamples behind each growth verdict (~6 refits each)
+    windows: Policy = "matched"  # drawn offsets, the same for every n; or "openings"
+    windows_per_document: int = 1
+    window_seed: int = 0
+    position_control: bool = True  # measure the middle n again at shifted position ids
     batch_size: int | None = None  # None: the largest batch the memory estimate allows
     memory_budget: float | None = None  # GiB above the model; None: 1/4 of free memory
 
@@ -87,7 +100,14 @@ class ScalingSpec:
 
 def identity_extra(spec: ScalingSpec) -> dict[str, Any]:
     """The spec's fields that determine the numbers (not the batch or the memory budget)."""
-    return {"ns": list(spec.ns), "tau": spec.tau, "fixed_index": spec.index}
+    return {
+        "ns": list(spec.ns),
+        "tau": spec.tau,
+        "fixed_index": spec.index,
+        "windows": spec.windows,
+        "windows_per_document": spec.windows_per_document,
+        "window_seed": spec.window_seed,
+    }
 
 
 def scaling_identity(config: InputConfig, spec: ScalingSpec) -> dict[str, Any]:
@@ -141,40 +161,94 @@ def run_scaling(
             biggest = windows.windows[max(spec.ns)]
             identity["data_digest"] = hashlib.sha256(biggest.tobytes()).hexdigest()[:32]
         ctx = _Context(config, spec, precision, provenance, identity, started, progress)
-        docs = len(windows.documents)
-        specials = len(policy["special_tokens"]["start"]) + len(policy["special_tokens"]["end"])
-        log.info(
-            f"{windows.qualified} of {policy['documents']} documents have the "
-            f"{max(spec.ns) - specials} tokens n = {max(spec.ns)} needs; analysing {docs}, "
-            f"each cut to its first n tokens for n = {', '.join(map(str, spec.ns))}"
-        )
-        if docs < 2:
-            raise LowrankError(
-                f"only {docs} document qualifies: the bootstrap over documents needs at least two"
-            )
-        if docs < config.num_sequences:
-            log.warning(
-                f"{docs} documents qualify, fewer than "
-                f"{named('num_sequences', config.num_sequences)}"
-            )
-        if docs < 10:
-            log.warning(
-                f"only {docs} documents: a bootstrap over so few clusters gives rough intervals "
-                "and verdicts; use 10 or more"
-            )
+        _check_documents(windows, policy, spec, config)
         budget = (
             int(spec.memory_budget * GIB) if spec.memory_budget else default_budget(prep.device)
         )
         lengths = [_one_length(ctx, prep, windows.windows[n], policy, budget) for n in spec.ns]
-    results = [r for r, _ in lengths]
-    used = min(r.used for r in results)
-    per_doc = _per_document(results, used)
-    found = verdicts(
-        {m: per_doc[m] for m in MEASURES}, spec.ns, spec.bootstrap, spec.bootstrap_seed
-    )
-    arrays = _arrays(results, found, per_doc, windows, spec, used)
-    meta = _summary_meta(ctx, prep, results, found, windows, policy, used)
+        results = [r for r, _ in lengths]
+        used = min(r.used for r in results)
+        plan, shifted = _position_control(ctx, prep, windows, results, used, budget)
+        dim = head_dim(prep.loaded)
+    per_window = _per_window(results, used)
+    clusters = np.unique(windows.documents[:used], return_inverse=True)[1].reshape(-1)
+    per_doc = {m: per_document(per_window[m], clusters) for m in MEASURES}
+    draws = (spec.bootstrap, spec.verdict_bootstrap)
+    resamples = bootstrap_indices(per_doc[MEASURES[0]].shape[1], max(draws), spec.bootstrap_seed)
+    fitting = time.perf_counter()
+    found = group_verdicts(per_doc, spec.ns, resamples, draws, {"output_rank": float(dim)})
+    fit_seconds = time.perf_counter() - fitting
+    log.info(f"fits and verdicts: {fit_seconds:.1f} s ({spec.verdict_bootstrap} resamples each)")
+    base = None
+    if shifted is not None:
+        base = results[spec.ns.index(plan.n)].measures[:used]
+    measured = Measured(results, windows, used, clusters, plan, base, shifted, dim)
+    arrays = scaling_arrays(measured, found, per_window, spec)
+    meta = summary_meta(ctx, prep, measured, found, policy)
+    meta["fit_seconds"] = round(fit_seconds, 3)
     return ScalingResult(meta, arrays, runs={r.n: run for r, run in lengths})
+
+
+def _check_documents(
+    windows: DocumentWindows, policy: dict[str, Any], spec: ScalingSpec, config: InputConfig
+) -> None:
+    """Say how many documents qualified; refuse fewer than two, warn below ten."""
+    docs = len(np.unique(windows.documents))
+    specials = len(policy["special_tokens"]["start"]) + len(policy["special_tokens"]["end"])
+    where = (
+        "each cut to its first n tokens"
+        if spec.windows == "openings"
+        else f"{spec.windows_per_document} window(s) each at drawn offsets, cut to every n"
+    )
+    log.info(
+        f"{windows.qualified} of {policy['documents']} documents have the "
+        f"{max(spec.ns) - specials} tokens n = {max(spec.ns)} needs; analysing {docs}, "
+        f"{where} for n = {', '.join(map(str, spec.ns))}"
+    )
+    if docs < 2:
+        raise LowrankError(
+            f"only {docs} document qualifies: the bootstrap over documents needs at least two"
+        )
+    if docs < config.num_sequences:
+        log.warning(
+            f"{docs} documents qualify, fewer than {named('num_sequences', config.num_sequences)}"
+        )
+    if docs < 10:
+        log.warning(
+            f"only {docs} documents: a bootstrap over so few clusters gives rough intervals "
+            "and verdicts; use 10 or more"
+        )
+
+
+def _position_control(
+    ctx: _Context,
+    prep: Prepared,
+    windows: DocumentWindows,
+    results: list[LengthResult],
+    used: int,
+    budget: int,
+) -> tuple[ControlPlan, np.ndarray | None]:
+    """The windows of the middle n again at shifted position ids: (W, L, H, 7) measures, or
+    None where the control is skipped (the plan says why)."""
+    from tqdm.auto import tqdm
+
+    plan = plan_control(prep.loaded, ctx.spec.ns)
+    if not ctx.spec.position_control:
+        return replace(plan, skipped="turned off"), None
+    if plan.skipped:
+        log.warning(f"position control skipped: {plan.skipped}")
+        return plan, None
+    ids = windows.windows[plan.n][:used]
+    batch = results[ctx.spec.ns.index(plan.n)].batch
+    began = time.perf_counter()
+    with tqdm(total=1, desc=f"position control n = {plan.n}", disable=not ctx.progress) as bar:
+        shifted = measure_windows(prep.loaded, ids, ctx.spec, batch, prep.device, plan.positions)
+        bar.update()
+    log.info(
+        f"position control: n = {plan.n}, {plan.describe()}, {len(ids)} windows in "
+        f"{time.perf_counter() - began:.1f} s"
+    )
+    return plan, shifted
 
 
 def _tokenize(tokenizer: Any, documents: list[str]) -> list[list[int]]:
@@ -241,12 +315,12 @@ def _load(
 
 def prepare_documents(
     model: ModelInput, tokenizer: Any, data: DataInput, config: InputConfig, spec: ScalingSpec
-) -> tuple[Prepared, NestedWindows, dict[str, Any]]:
-    """Model, corpus and nested windows, checking every option on the way.
+) -> tuple[Prepared, DocumentWindows, dict[str, Any]]:
+    """Model, corpus and windows, checking every option on the way.
 
     Returns:
-        the prepared model and corpus (its ``sequences`` are set per n later), the nested
-        windows, and the sequence policy every run.json records.
+        the prepared model and corpus (its ``sequences`` are set per n later), the windows
+        (:func:`document_windows`), and the sequence policy every run.json records.
     """
     from lowrank.inputs.corpora import special_tokens
 
@@ -254,9 +328,19 @@ def prepare_documents(
     tokenizer = prep.loaded.tokenizer
     prefix, suffix = special_tokens(tokenizer)
     docs = _tokenize(tokenizer, prep.corpus.documents)
-    windows = nested_windows(docs, spec.ns, prefix, suffix, config.num_sequences, config.seed)
+    windows = document_windows(
+        docs,
+        spec.ns,
+        prefix,
+        suffix,
+        config.num_sequences,
+        config.seed,
+        spec.windows,
+        spec.windows_per_document,
+        spec.window_seed,
+    )
     policy = {
-        "policy": "nested",
+        "policy": "matched offsets" if spec.windows == "matched" else "openings",
         "special_tokens": {"start": prefix, "end": suffix},
         "order": "corpus" if config.seed is None else f"seeded sample (seed {config.seed})",
         "documents": len(prep.corpus.documents),
@@ -264,6 +348,7 @@ def prepare_documents(
         "qualified_for_n": max(spec.ns),
         "longest_document_tokens": windows.longest,
         "document_indices": windows.documents.tolist(),
+        "window_starts": windows.starts.tolist(),
         "num_sequences": len(windows.documents),
     }
     return prep, windows, policy
@@ -272,7 +357,7 @@ def prepare_documents(
 def _one_length(
     ctx: _Context, prep: Prepared, ids: np.ndarray, policy: dict[str, Any], budget: int
 ) -> tuple[LengthResult, SpectrumResult]:
-    """Analyse the (D, n) windows of one n: its result and its spectrum run ``n<n>``."""
+    """Analyse the (W, n) windows of one n: its result and its spectrum run ``n<n>``."""
     from tqdm.auto import tqdm
 
     from lowrank.families.spectrum.stats import stats_arrays
@@ -299,8 +384,9 @@ def _one_length(
     prep.sequences = Sequences(ids[: res.used], np.full(res.used, n, np.int64), policy)
     meta = _length_meta(ctx, prep, config_n, res)
     log.info(
-        f"n = {n}: {res.used} documents in {res.seconds:.1f} s (batch {batch}, estimated "
-        f"{estimate / GIB:.2f} GiB, peak {res.peak_bytes / GIB:.2f} GiB)"
+        f"n = {n}: {res.used} windows in {res.seconds:.1f} s (batch {batch}, estimated "
+        f"{estimate / GIB:.2f} GiB, measured {res.working_peak_bytes / GIB:.2f} GiB above the "
+        f"start; process peak {res.peak_bytes / GIB:.2f} GiB)"
     )
     arrays = stats_arrays(res.stats) | {"input_ids": ids[: res.used]}
     return res, SpectrumResult(meta, arrays, seconds=res.seconds)
@@ -344,131 +430,11 @@ def _length_meta(
         "versions": ctx.provenance.versions,
         "analysis_seconds": round(res.seconds, 3),
         "elapsed_seconds": round(time.perf_counter() - ctx.started, 3),
-        "scaling": {"summary": "..", "n": res.n, **_memory_record(res)},
+        "scaling": {"summary": "..", "n": res.n, **memory_record(res)},
     }
 
 
-def _memory_record(res: LengthResult) -> dict[str, Any]:
-    return {
-        "batch_size": res.batch,
-        "estimated_peak_bytes": res.estimate_bytes,
-        "measured_peak_bytes": res.peak_bytes,
-        "measured": "CUDA max_memory_allocated for this n"
-        if res.device == "cuda"
-        else "process peak resident set so far (ru_maxrss)",
-    }
-
-
-def _per_document(results: list[LengthResult], used: int) -> dict[str, np.ndarray]:
-    """measure -> (S, D, L, H): the documents every n analysed (the first ``used``)."""
-    stacked = np.stack([r.measures[:used] for r in results])  # (S, D, L, H, 7)
+def _per_window(results: list[LengthResult], used: int) -> dict[str, np.ndarray]:
+    """measure -> (S, W, L, H): the windows every n analysed (the first ``used``)."""
+    stacked = np.stack([r.measures[:used] for r in results])  # (S, W, L, H, 7)
     return {m: stacked[..., k] for k, m in enumerate(ALL_MEASURES)}
-
-
-def _arrays(
-    results: list[LengthResult],
-    found: dict[str, list[Verdict]],
-    per_doc: dict[str, np.ndarray],
-    windows: NestedWindows,
-    spec: ScalingSpec,
-    used: int,
-) -> dict[str, np.ndarray]:
-    """The arrays of scaling.npz (documented in :class:`ScalingResult`)."""
-    layers = next(iter(per_doc.values())).shape[2]
-    groups = [f"layer {i + 1}" for i in range(layers)] + ["model"]
-    arrays: dict[str, np.ndarray] = {
-        "ns": np.array(spec.ns),
-        "groups": np.array(groups),
-        "measures": np.array(MEASURES),
-        "c_measures": np.array(C_MEASURES),
-        "documents": windows.documents,
-        "sequences_used": np.array([r.used for r in results]),
-        "fit_documents": np.array(used),
-        "tau": np.array(spec.tau),
-        "fixed_index": np.array(spec.index),
-        "bootstrap": np.array(spec.bootstrap),
-    }
-    for m in ALL_MEASURES:
-        arrays[m] = per_doc[m]  # (S, D, L, H)
-    for m in C_MEASURES:
-        values = per_doc[m]
-        arrays[f"{m}_mean"] = np.concatenate(
-            [values.mean(axis=(1, 3)).T, values.mean(axis=(1, 2, 3))[None]]
-        )  # (G, S)
-    for m, rows in found.items():
-        arrays[f"{m}_mean"] = np.stack([v.mean for v in rows])  # (G, S)
-        arrays[f"{m}_interval"] = np.stack([v.interval for v in rows])  # (G, S, 2)
-        arrays[f"{m}_log_params"] = np.array([v.log.params for v in rows])  # (G, 2)
-        arrays[f"{m}_power_params"] = np.array([v.power.params for v in rows])
-        arrays[f"{m}_delta_aic"] = np.array([v.delta_aic for v in rows])  # (G,)
-        arrays[f"{m}_aic_support"] = np.array([v.aic_support for v in rows])
-        arrays[f"{m}_heldout_error"] = np.array([(v.heldout_log, v.heldout_power) for v in rows])
-        arrays[f"{m}_heldout_support"] = np.array([v.heldout_support for v in rows])
-        arrays[f"{m}_beta_interval"] = np.array([v.beta_interval for v in rows])  # (G, 2)
-        arrays[f"{m}_verdict"] = np.array([v.text() for v in rows])
-    return arrays
-
-
-def _summary_meta(
-    ctx: _Context,
-    prep: Prepared,
-    results: list[LengthResult],
-    found: dict[str, list[Verdict]],
-    windows: NestedWindows,
-    policy: dict[str, Any],
-    used: int,
-) -> dict[str, Any]:
-    from lowrank.families.scaling.fits import AIC_MARGIN, HELDOUT_TOLERANCE, LEVEL, SUPPORT
-
-    base = prep.meta(replace(ctx.config, seq_len=max(ctx.spec.ns)))
-    for key in ("seq_len", "batch_size", "sequence_policy"):
-        base.pop(key, None)
-    return {
-        **FORMAT.header(),
-        "command": ctx.provenance.command,
-        "created": ctx.provenance.created,
-        "identity": ctx.identity,
-        "config": ctx.config.to_json() | {"scaling": asdict(ctx.spec)},
-        **base,
-        "causal": bool(prep.loaded.causal),
-        "ns": list(ctx.spec.ns),
-        "runs": {str(r.n): f"n{r.n}" for r in results},
-        "sequence_policy": policy,
-        "documents": {
-            "qualified": windows.qualified,
-            "analysed": len(windows.documents),
-            "longest_tokens": windows.longest,
-            "used_per_n": {str(r.n): r.used for r in results},
-            "fit": used,
-        },
-        "tau": ctx.spec.tau,
-        "fixed_index": ctx.spec.index,
-        "precision": ctx.precision,
-        "verdict_rule": {
-            "models": ["a + b ln n", "a n^beta"],
-            "fitted_to": "per-n means over documents (and heads, and layers for 'model')",
-            "aic_margin": AIC_MARGIN,
-            "support": SUPPORT,
-            "heldout_tolerance": HELDOUT_TOLERANCE,
-            "bootstrap": ctx.spec.bootstrap,
-            "bootstrap_seed": ctx.spec.bootstrap_seed,
-            "resampled": "documents, with replacement (the same documents at every n)",
-            "interval_level": LEVEL,
-        },
-        "verdicts": {
-            m: {v.group: {"verdict": v.text(), "evidence": v.evidence()} for v in rows}
-            for m, rows in found.items()
-        },
-        "lengths": {
-            str(r.n): {
-                "seconds": round(r.seconds, 3),
-                "documents": r.used,
-                "stopped_early": r.stopped_early,
-                "half_width": r.half_width,
-                **_memory_record(r),
-            }
-            for r in results
-        },
-        "versions": ctx.provenance.versions,
-        "elapsed_seconds": round(time.perf_counter() - ctx.started, 3),
-    }

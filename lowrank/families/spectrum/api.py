@@ -70,6 +70,8 @@ def spectrum(
     checkpoint_every: int | None = None,
     shard: str | tuple[int, int] | None = None,
     plot: bool = False,
+    label: str | None = None,
+    keep_per_sequence: bool = False,
     progress: bool = True,
     attention_mask: Any = None,
     backend: Backend | None = None,
@@ -119,6 +121,10 @@ def spectrum(
         shard: ``"i/N"`` or ``(i, N)``: the i-th (1-based) of N contiguous, disjoint parts
             of the sequences; combine the parts with :func:`merge`.
         plot: draw the run's figures into ``<out>/figures`` (needs ``out``).
+        label: the run's name in figures and tables (default: model and corpus names).
+        keep_per_sequence: also keep every sequence's singular values,
+            ``singular_values_per_sequence`` [N, layers, heads, n] (float32, in spectrum.npz
+            with ``out``), for statistics of your own; one process, not resumed.
         progress: show a progress bar (``tqdm.auto``).
         attention_mask: [N, n] 0/1 mask for token ids given as a bare tensor.
         backend, verbose: under torchrun, the torch.distributed backend and whether every
@@ -163,6 +169,8 @@ def spectrum(
         verbose=verbose,
         progress=progress,
         auto_batch=auto_batch,
+        label=label,
+        keep_per_sequence=keep_per_sequence,
     )
 
 
@@ -190,9 +198,19 @@ def merge(
             sequence policies, a shard given twice, or a damaged folder.
     """
     from lowrank.families.spectrum.merge import merge_folders
+    from lowrank.runs.locks import hold
     from lowrank.runs.writing import check_out_dir, check_writable, write_run
 
-    folders = [Path(p) for p in ([parts] if isinstance(parts, str | os.PathLike) else parts)]
+    given = [parts] if isinstance(parts, str | os.PathLike) else parts
+    if (
+        not isinstance(given, Iterable)
+        or isinstance(given, bytes)
+        or not all(isinstance(p, str | os.PathLike) for p in given)
+    ):
+        raise LowrankError(
+            f"parts={parts!r}: give the shards' run folders as a list of paths or strings"
+        )
+    folders = [Path(p) for p in given]
     if out is not None:
         check_writable(Path(out))  # before reading the parts
     meta, arrays, complete = merge_folders(folders)
@@ -203,8 +221,9 @@ def merge(
     )
     folder = Path(out) if out is not None else None
     if folder is not None:
-        check_out_dir(folder, meta["identity"], overwrite)
-        write_run(folder, meta, arrays, npz=FORMAT.npz)
+        with hold(folder):  # one writer per folder
+            check_out_dir(folder, meta["identity"], overwrite)
+            write_run(folder, meta, arrays, npz=FORMAT.npz, overwrite=overwrite)
     if not complete:
         log.warning(
             "not every shard of the run was given; the merged run covers "

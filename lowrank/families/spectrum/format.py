@@ -76,7 +76,8 @@ def spectrum_array_spec(
     meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
 ) -> dict[str, ArraySpec]:
     """spectrum.npz: the statistics, ``input_ids`` ``[N, n]`` (N = num_sequences, tokens
-    >= 0) and, when sequences are padded, ``attention_mask`` ``[N, n]`` of 0/1."""
+    >= 0), when sequences are padded ``attention_mask`` ``[N, n]`` of 0/1, and with
+    ``keep_per_sequence`` ``singular_values_per_sequence`` ``[N, layers, heads, n]``."""
     n = int(meta["seq_len"])
     count = meta.get("num_sequences")
     if count is None:
@@ -86,6 +87,11 @@ def spectrum_array_spec(
     )
     spec["input_ids"] = ArraySpec("int", (count, n), minimum=0)
     spec["attention_mask"] = ArraySpec("mask", (count, n), minimum=0, maximum=1, required=False)
+    # keep_per_sequence: every sequence's singular values, largest first, zero-padded to n
+    layers, heads = int(meta["num_layers"]), int(meta["num_heads"])
+    spec["singular_values_per_sequence"] = ArraySpec(
+        "float", (count, layers, heads, n), minimum=-1e-6, required=False
+    )
     return spec
 
 

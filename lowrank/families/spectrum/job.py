@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lowrank.core.options import flag, named
+from lowrank.core.options import flag, named, switch
 from lowrank.errors import LowrankError
 from lowrank.families.spectrum.format import FORMAT
 from lowrank.families.spectrum.result import SpectrumResult
 from lowrank.families.spectrum.stats import CODEC, stats_arrays
 from lowrank.inputs.config import InputConfig, heatmap_index
 from lowrank.inputs.prepared import Prepared
-from lowrank.runs.checkpoints import (
-    clear_checkpoint,
-    write_checkpoint,
-)
-from lowrank.runs.writing import write_run
+from lowrank.inputs.routes import layers_alive
+from lowrank.runs.checkpoints import write_checkpoint
+from lowrank.runs.manifest import FINGERPRINT, difference, fingerprint_of, model_digest
+from lowrank.runs.provenance import package_versions
+from lowrank.runs.writing import check_out_dir, write_run
 
 if TYPE_CHECKING:
     from lowrank.inputs.objects import DataInput, ModelInput
@@ -79,16 +79,66 @@ class Job:
     command: str
     checkpoint_every: int | None
     clock: Callable[[], float]
-    versions: dict[str, str]
+    versions: dict[str, str] | None  # None: this lowrank's, read when the run is written
     created: str
     plot: bool
     progress: bool
     started: float
     auto_batch: bool = False  # out of memory: halve the batch instead of stopping
+    keep_per_sequence: bool = False  # also store every sequence's singular values
+    label: str | None = None  # the run's display name (run.json "label"), when given
     batch: int | None = None  # the batch size that fits, once decided (fitted_batch)
     saved: int = 0  # sequences in the last checkpoint written (0: none)
     resumed_from: dict[str, int] | None = None
     figures: list[Path] = field(default_factory=list)
+    model_digest: str | None = None  # the model's revision or weights digest (check_inputs)
+    fingerprint: dict[str, Any] | None = None  # of every prepared sequence, for checkpoints
+    locked: bool = False  # this rank took the lock of out (torchrun's rank 0)
+
+
+def check_inputs(job: Job, prep: Prepared, found: Any, check: bool = True) -> None:
+    """Fingerprint what the run is made from (:mod:`lowrank.runs.manifest`) and refuse to
+    continue a checkpoint, or to replace a complete run of these options, made from other
+    inputs: a corpus file whose text changed, a model folder holding other weights.
+
+    Args:
+        found: the checkpoint a resume read (None: none).
+        check: False on the ranks that do not write the folder (fingerprint only).
+
+    Raises:
+        LowrankError: naming what differs and how to start again.
+    """
+    from lowrank.runs.folders import read_checkpoint_info
+
+    seqs = prep.sequences
+    job.model_digest = model_digest(prep.meta(job.config)["model"])
+    job.fingerprint = fingerprint_of(seqs.input_ids, seqs.attention_mask, job.model_digest)
+    out = job.out
+    if out is None or job.overwrite or not check:
+        return
+    if found is not None:
+        changed = difference(read_checkpoint_info(out).get(FINGERPRINT), job.fingerprint)
+        if changed:
+            raise LowrankError(
+                f"the checkpoint in '{out}' was made from other inputs ({changed}): pass "
+                f"{switch('overwrite')} (not {switch('resume')}) to start again"
+            )
+        return
+    old = _run_meta(out)
+    count = old.get("num_sequences")
+    if isinstance(count, int) and 0 <= count <= len(seqs.lengths):
+        mine = fingerprint_of(seqs.input_ids[:count], seqs.attention_mask[:count], job.model_digest)
+        check_out_dir(out, job.identity, job.overwrite, job.resume, fingerprint=mine)
+
+
+def _run_meta(out: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        meta = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def start_states(
@@ -139,9 +189,9 @@ def fitted_batch(job: Job, prep: Prepared) -> int:
 
     if job.batch is None:
         wanted = max(1, min(job.config.batch_size, len(prep.sequences.lengths)))
-        job.batch = fit_batch(
-            wanted, prep.loaded.num_heads, job.config.seq_len, prep.device, job.auto_batch
-        )
+        # the outputs route holds every layer's P of a batch at once, the others one layer's
+        heads = prep.loaded.num_heads * layers_alive(prep.loaded.model)
+        job.batch = fit_batch(wanted, heads, job.config.seq_len, prep.device, job.auto_batch)
     return job.batch
 
 
@@ -156,7 +206,9 @@ def analyse_job(
 
     def save(parts: list[Any], next_index: int) -> None:
         if out is not None:
-            write_checkpoint(out, job.identity, parts, next_index, n_seq, job.command, CODEC)
+            write_checkpoint(
+                out, job.identity, parts, next_index, n_seq, job.command, CODEC, job.fingerprint
+            )
             job.saved = next_index
 
     # torchrun ranks deal the batches by --batch-size, so they keep it (a rank's batch that
@@ -177,14 +229,15 @@ def analyse_job(
         warn=log.warning,
         team=team,
         auto_batch=job.auto_batch,
+        keep_per_sequence=job.keep_per_sequence,
     )
 
 
 def finish(
     job: Job, prep: Prepared, stats: Any, result: Any, ranks: dict[str, Any], lead: bool
 ) -> SpectrumResult:
-    """The result; on the lead rank with an ``out``, also the run folder (arrays, then
-    run.json), the checkpoint dropped and the figures drawn."""
+    """The result; on the lead rank with an ``out``, also the run folder (committed whole,
+    in one step that also drops the checkpoint) and the figures drawn."""
     config, out, precision = job.config, job.out, job.precision
     if lead:
         for note in result.notes:
@@ -194,6 +247,8 @@ def finish(
     arrays = stats_arrays(stats) | {"input_ids": sequences.input_ids[:used]}
     if (sequences.lengths[:used] < config.seq_len).any():
         arrays["attention_mask"] = sequences.attention_mask[:used]
+    if result.per_sequence is not None:
+        arrays["singular_values_per_sequence"] = result.per_sequence[:used]
     shard = sequences.policy.get("shard")
     meta: dict[str, Any] = {
         **FORMAT.header(),
@@ -206,17 +261,22 @@ def finish(
         "heatmap_index": heatmap_index(config.seq_len),
         "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
         **ranks,
+        **({"label": job.label} if job.label is not None else {}),
         "resumed_from": job.resumed_from,
         "precision": precision_record(precision, result, config.seq_len),
-        "versions": job.versions,
+        "versions": job.versions or package_versions(),
         "analysis_seconds": round(result.seconds, 3),
         "elapsed_seconds": round(job.clock() - job.started, 3),
     }
+    meta[FINGERPRINT] = fingerprint_of(
+        arrays["input_ids"], arrays.get("attention_mask"), job.model_digest
+    )
     res = SpectrumResult(meta, arrays, None, seconds=result.seconds)
     if out is None or not lead:
         return res
-    write_run(out, meta, arrays, npz=FORMAT.npz)
-    clear_checkpoint(out)
+    # one step from the last checkpoint (or the old run) to the new run; under the lock,
+    # a run another process committed meanwhile is not replaced without overwrite
+    write_run(out, meta, arrays, npz=FORMAT.npz, overwrite=job.overwrite)  # drops the checkpoint
     res.path = out
     if job.plot:
         res.draw()

@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from lowrank.core.options import flag
 from lowrank.errors import LowrankError
 from lowrank.families.spectrum.result import SpectrumResult
 from lowrank.families.spectrum.stats import stats_arrays
+from lowrank.runs.manifest import FINGERPRINT, fingerprint_of, model_digest
 
 # What must agree for two runs to describe the same experiment.
 _SAME = ("seq_len", "num_layers", "num_heads", "heatmap_index")
@@ -33,6 +35,9 @@ def _describe(run: SpectrumResult) -> dict[str, Any]:
         "identity": identity,
         **{k: run.config.get(k) for k in _SAME},
     }
+
+
+PER_SEQUENCE = "singular_values_per_sequence"
 
 
 def merge_runs(runs: list[SpectrumResult]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -80,7 +85,25 @@ def merge_runs(runs: list[SpectrumResult]) -> tuple[dict[str, Any], dict[str, np
                 for m, i in zip(masks, order, strict=True)
             ]
         )
+    kept = [runs[i].arrays.get(PER_SEQUENCE) for i in order]
+    if any(k is not None for k in kept):
+        if any(k is None for k in kept):
+            bare = runs[order[[k is None for k in kept].index(True)]].path
+            raise LowrankError(
+                f"'{bare}' kept no per-sequence spectra and other parts did: merge parts run "
+                f"alike (all with {flag('keep_per_sequence')} or none)"
+            )
+        arrays[PER_SEQUENCE] = np.concatenate(kept)  # type: ignore[arg-type]
     meta = dict(runs[order[0]].config)
+    meta.pop("manifest", None)  # the first part's files: writing lists the merged run's
+    if "input_ids" in arrays:  # what the merged numbers were computed from: every part's ids
+        model = meta.get("model")
+        digest = model_digest(model) if isinstance(model, dict) else None
+        meta[FINGERPRINT] = fingerprint_of(
+            arrays["input_ids"], arrays.get("attention_mask"), digest
+        )
+    else:
+        meta.pop(FINGERPRINT, None)
     total = counts.pop()
     meta |= {
         "num_sequences": stats.count,

@@ -96,6 +96,16 @@ OPTIONS = Options(
         output("spectrum"),
         (
             Option(
+                "keep_per_sequence",
+                False,
+                "Also store every sequence's singular values (singular_values_per_sequence "
+                "[N, layers, heads, n], float32, in spectrum.npz) for statistics of your own; "
+                "not with --resume or torchrun.",
+                "bool",
+            ),
+        ),
+        (
+            Option(
                 "shard",
                 None,
                 "i/N: analyse the i-th (1-based) of N contiguous, disjoint parts of the "

@@ -82,6 +82,8 @@ class PipelineResult:
     batches: int = 0  # batches this rank analysed (resumed ones not counted)
     own_sequences: int = 0  # sequences in those batches
     compute_seconds: float = 0.0  # spent in them, without waiting for other ranks
+    # (N, L, H, n) float32 singular values of every sequence, in order (keep_per_sequence)
+    per_sequence: np.ndarray | None = None
 
 
 class Interrupted(Exception):
@@ -209,6 +211,7 @@ def analyse(
     warn: Callable[[str], None] = lambda message: None,
     team: Team | None = None,
     auto_batch: bool = False,
+    keep_per_sequence: bool = False,
 ) -> PipelineResult:
     """Spectra of every (layer, head) for every sequence, accumulated into statistics.
 
@@ -228,6 +231,8 @@ def analyse(
         warn: receives one-line warnings (e.g. a batch retried after running out of memory).
         team: the ranks of a torchrun launch; rank r analyses the batches :func:`deal`
             gives it, and one collective per round keeps the ranks in step. None: one process.
+        keep_per_sequence: also keep every sequence's singular values (float32, in sequence
+            order) in ``result.per_sequence``; one process and no resumed start only.
 
     Raises:
         Interrupted: on KeyboardInterrupt, with the statistics of the finished batches.
@@ -246,13 +251,16 @@ def analyse(
     result = PipelineResult(stats, 0, 0.0)
     since = 0
     next_index = first  # every sequence before it is in the statistics of some rank
+    if keep_per_sequence and (team is not None or first > 0):
+        raise LowrankError(
+            f"{flag('keep_per_sequence')} keeps the spectra of one uninterrupted process: run "
+            "it without torchrun and without resuming"
+        )
+    kept: list[np.ndarray] = []
     view = None  # tracked moments of all ranks, for the stopping rule
 
-    if first < total:  # is the captured P the model's own? (one sequence, before any work)
-        one = slice(first, first + 1)
-        probe = torch.from_numpy(sequences.input_ids[one]).to(device)
-        valid = torch.from_numpy(sequences.lengths[one])
-        check_capture(loaded.model, padded_inputs(loaded.model, probe, valid, padding or "right"))
+    if first < total:
+        check_first(loaded, sequences, first, padding, device)
 
     def exchange(due: bool) -> tuple[bool, RunningMoments | None]:
         mine = tracked(stats, indices) if precision is not None else None
@@ -271,6 +279,8 @@ def analyse(
                     loaded, ids, lengths, padding, device, warn, auto_batch
                 ):
                     stats = stats.add(part)
+                    if keep_per_sequence:
+                        kept.append(part.astype(np.float32))
                 result.compute_seconds += time.perf_counter() - tick
                 result.batches += 1
                 result.own_sequences += hi - lo
@@ -296,6 +306,9 @@ def analyse(
         raise Interrupted(stats, next_index) from None
     result.stats = stats
     result.sequences_used = next_index
+    if keep_per_sequence:
+        n_l_h = (loaded.num_layers, loaded.num_heads, n)
+        result.per_sequence = np.concatenate(kept) if kept else np.zeros((0, *n_l_h), np.float32)
     result.seconds = time.perf_counter() - began
     if precision is not None and view is not None:
         result.half_width = half_width(view)
@@ -305,6 +318,32 @@ def analyse(
                 f"(half-width {result.half_width:.4g}): raise {flag('num_sequences')}"
             )
     return result
+
+
+PROBE_TOKENS = 64
+"""Tokens of the sequence :func:`check_first` runs twice (the computation of P does not
+depend on n, and two passes of 64 tokens cost little beside a run's batches)."""
+
+
+def check_first(
+    loaded: LoadedModel,
+    sequences: Sequences,
+    first: int,
+    padding: PaddingSide | None,
+    device: torch.device,
+) -> None:
+    """Is the captured P the model's own? The first sequence to analyse, cut to its first
+    :data:`PROBE_TOKENS` valid tokens, through the capture and through the model's eager
+    attention (:func:`lowrank.hooks.check.check_capture`), before any work: a difference is
+    one line naming the layer."""
+    side: PaddingSide = padding or "right"
+    length = int(sequences.lengths[first])
+    n = sequences.input_ids.shape[1]
+    ids = sequences.input_ids[first]
+    ids = ids[:length] if side == "right" else ids[n - length :]
+    probe = torch.from_numpy(ids[:PROBE_TOKENS][None, :]).to(device)
+    valid = torch.tensor([probe.shape[1]])
+    check_capture(loaded.model, padded_inputs(loaded.model, probe, valid, "right"))
 
 
 def per_layer_table(stats: SpectrumStats) -> np.ndarray:

@@ -21,10 +21,11 @@ from lowrank.plots.style import (
     axes_or_new,
     below_legend,
     bottom_legend,
+    layer_ticks,
     paper_style,
     save,
 )
-from lowrank.runs.labels import corpus_name, model_name, run_label
+from lowrank.runs.labels import run_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -45,6 +46,7 @@ __all__ = [
     "plot_layer_summary",
     "run_title",
     "save",
+    "set_fitted_title",
     "shared_limits",
     "write_figures",
 ]
@@ -57,9 +59,41 @@ _METRIC_INDEX = {"c_at_index": 0, "rank90": 1, "rank99": 2, "effective_rank": 3,
 def run_title(run: SpectrumResult) -> str:
     """``model / dataset`` (:func:`lowrank.runs.labels.run_label`: an in-memory model by its
     name, your texts as such) and ``n = .., N = ..`` on two lines; a decoder's run
-    (``causal`` in run.json) says on a third that its P is lower-triangular."""
-    causal = "\ncausal decoder: P lower-triangular" if run.config.get("causal") else ""
-    return f"{run_label(run.config)}\nn = {run.seq_len}, N = {run.stats.count} sequences{causal}"
+    (``causal`` in run.json) says on the second that its P is lower-triangular."""
+    causal = "; causal: P lower-triangular" if run.config.get("causal") else ""
+    return f"{run_label(run.config)}\nn = {run.seq_len}, N = {run.stats.count}{causal}"
+
+
+def set_fitted_title(ax: Axes, text: str, fontsize: str | float = "medium") -> None:
+    """Title ``ax`` with ``text``, each line broken where its measured width would run past
+    the axes' (after ``/``, ``,`` or ``;`` first, then at spaces), so neighbouring panels'
+    titles never meet."""
+    import re
+
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextPath
+
+    figure = ax.get_figure(root=True)
+    assert figure is not None, "the axes must belong to a figure"
+    prop = FontProperties(size=fontsize)
+    room = ax.get_position().width * figure.get_size_inches()[0] * 72 * 1.1  # pt
+
+    def fits(words: str) -> bool:
+        return TextPath((0, 0), words.strip(), prop=prop).get_extents().width <= room
+
+    def fill(pieces: list[str]) -> list[str]:
+        rows = [""]
+        for piece in pieces:
+            if rows[-1] and not fits(rows[-1] + piece):
+                rows.append("")
+            rows[-1] += piece
+        return [row.strip() for row in rows]
+
+    lines: list[str] = []
+    for line in text.split("\n"):
+        for row in fill(re.split(r"(?<=[/,;] )", line)):
+            lines += [row] if fits(row) else fill(re.split(r"(?<= )", row))
+    ax.set_title("\n".join(lines), fontsize=fontsize)
 
 
 def plot_cumulative(
@@ -104,12 +138,16 @@ def plot_cumulative(
     if not by_layer and legend:
         ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.1), frameon=False, fontsize="small")
     if title:
-        ax.set_title(run_title(run), fontsize="medium")
+        set_fitted_title(ax, run_title(run))
     return ax
 
 
 def _plot_layers(curves: np.ndarray, x: np.ndarray, ax: Axes) -> None:
-    """One line per layer (mean over heads) and a discrete colour bar, one colour a layer.
+    """One line per layer (mean over heads), coloured by depth.
+
+    Up to 8 layers each line has its own dash pattern too, named in a legend (two layers
+    with nearly the same mean curve, MiniLM's 4 and 5, stay two visible lines); deeper
+    models get a discrete colour bar, one colour a layer.
 
     Args:
         curves: (L, H, n) per-(layer, head) mean curves.
@@ -120,14 +158,26 @@ def _plot_layers(curves: np.ndarray, x: np.ndarray, ax: Axes) -> None:
     layers = curves.shape[0]
     viridis = mpl.colormaps["viridis"]
     colours = [viridis(layer / max(layers - 1, 1)) for layer in range(layers)]
+    dashes = [(), (4, 1.5), (1.5, 1), (6, 1.5, 1.5, 1.5)]
+    few = layers <= 8
     for layer, colour in enumerate(colours):
-        ax.plot(x, curves[layer].mean(axis=0), color=colour, lw=0.9)
+        (line,) = ax.plot(
+            x, curves[layer].mean(axis=0), color=colour, lw=1.0, label=f"layer {layer + 1}"
+        )
+        if few and dashes[layer % len(dashes)]:
+            line.set_dashes(dashes[layer % len(dashes)])
+    if few:
+        ax.legend(
+            loc="lower right", frameon=False, fontsize="small", title="mean over heads",
+            title_fontsize="small", handlelength=2.6,
+        )  # fmt: skip
+        return
     # layers are discrete: one block per layer, not a continuous gradient
     cmap = mpl.colors.ListedColormap(colours)
     norm = mpl.colors.BoundaryNorm(np.arange(0.5, layers + 1.5), layers)
     bar = ax.figure.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
-    bar.set_label("layer (line: mean over heads)")
-    bar.set_ticks(range(1, layers + 1, max(1, -(-layers // 12))))
+    bar.set_label("layer (mean over heads)")
+    bar.set_ticks(layer_ticks(layers, most=7))
     bar.minorticks_off()
     bar.ax.tick_params(length=0)
 
@@ -143,28 +193,31 @@ def plot_heatmap(
 ) -> Axes:
     """Layer x head heatmap of mean c at the heatmap index (paper Fig. 1, right).
 
-    Layer 1 is the bottom row. Cells are annotated when the grid has at most 96 cells
-    (unless ``annotate`` says otherwise). Pass the same ``vmin``/``vmax`` to compare runs.
+    Layer 1 is the bottom row. Cells carry their value (``.98`` for 0.98) when the cells
+    are large enough for it at >= 6 pt (unless ``annotate`` says otherwise: a 30 x 9 grid
+    is left to the colour scale). Pass the same ``vmin``/``vmax`` to compare runs.
     """
     import seaborn as sns
 
     ax = axes_or_new(ax, (SINGLE_COLUMN, 2.6))
     values = heatmap_values(run)  # (L, H), row 0 = layer 1
     layers, heads = values.shape
-    annotate = layers * heads <= 96 if annotate is None else annotate
+    size = cell_font_size(ax, layers, heads)
+    annotate = size is not None if annotate is None else annotate
+    labels = np.vectorize(lambda v: f"{v:.2f}".removeprefix("0"))(values[::-1])
     sns.heatmap(
         values[::-1],
         ax=ax,
         vmin=vmin,
         vmax=vmax,
         cmap="viridis",
-        annot=annotate,
-        fmt=".2f",
-        annot_kws={"fontsize": 4.5},
+        annot=labels if annotate else False,
+        fmt="",
+        annot_kws={"fontsize": size or 6},
         cbar=colorbar,
         cbar_kws={"label": f"mean c at index {run.stats.index}", "pad": 0.02},
         xticklabels=list(range(1, heads + 1)),
-        yticklabels=list(range(layers, 0, -1)),
+        yticklabels=_every(layers),
         square=False,
         linewidths=0,
     )
@@ -172,8 +225,30 @@ def plot_heatmap(
     ax.tick_params(axis="both", length=0, labelsize="small")
     ax.tick_params(axis="y", rotation=0)
     if title:
-        ax.set_title(run_title(run), fontsize="medium")
+        set_fitted_title(ax, run_title(run))
     return ax
+
+
+def cell_font_size(ax: Axes, rows: int, cols: int, chars: int = 3) -> float | None:
+    """The font size (pt, at most 8) at which ``chars`` characters fit a cell of a rows x
+    cols grid drawn in ``ax``, or None when that would be below 6 pt (unreadable in print).
+    The cell size is read from the axes' current place in its figure."""
+    box = ax.get_position()
+    figure = ax.get_figure(root=True)
+    assert figure is not None, "the axes must belong to a figure"
+    width, height = figure.get_size_inches()
+    cell_w, cell_h = box.width * width / cols, box.height * height / rows  # inches
+    # a digit is about 0.55 em wide; leave a margin of one character
+    size = min(cell_w * 72 / (0.55 * (chars + 1)), cell_h * 72 * 0.7, 8.0)
+    return round(size, 1) if size >= 6 else None
+
+
+def _every(count: int) -> list[str]:
+    """Tick labels counting down from ``count``, at most about 12 of them: every layer, or
+    the multiples of 2, 5, 10 or 20 (and layer 1 where its neighbour label is 5 or more
+    away); the rest blank."""
+    shown = set(layer_ticks(count))
+    return [str(i) if i in shown else "" for i in range(count, 0, -1)]
 
 
 def heatmap_values(run: SpectrumResult) -> np.ndarray:
@@ -222,7 +297,7 @@ def plot_layer_summary(
     ax.set(xlabel="layer", ylabel=f"{label}\n(mean, std across heads)")
     if runs:
         n_layers = max(r.stats.cumulative.mean.shape[0] for r in runs)
-        ax.set_xticks(range(1, n_layers + 1, max(1, n_layers // 12)))
+        ax.set_xticks(layer_ticks(n_layers))
     below_legend(ax, ncol=1)
     return ax
 
@@ -274,8 +349,13 @@ def figure1(runs: Sequence[SpectrumResult], heatmap_run: int = 0, by_layer: bool
 
 
 def _slug(run: SpectrumResult) -> str:
-    name = f"{model_name(run.config['model'])}-{corpus_name(run.config['corpus'])}"
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(name).name)
+    """A file-name part for the run: its model's and corpus's short names (``minilm-wiki103``),
+    not the display names of the titles."""
+    model = Path(str(run.config["model"].get("name") or "model")).name
+    corpus = run.config["corpus"].get("dataset") or "corpus"
+    split = run.config["corpus"].get("split")
+    name = f"{model}-{corpus}" + (f"-{split}" if split and corpus in ("wiki103", "imdb") else "")
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def write_figures(

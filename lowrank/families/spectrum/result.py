@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lowrank.core.options import named
+from lowrank.core.options import check_int
 from lowrank.errors import LowrankError
 from lowrank.families.spectrum.format import FORMAT
 from lowrank.families.spectrum.stats import SpectrumStats, stats_from_arrays
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
-@dataclass
+@dataclass(repr=False)  # RunResult's short repr
 class SpectrumResult(RunResult):
     """A ``lowrank spectrum`` run: singular-value spectra of every attention matrix P.
 
@@ -111,9 +111,7 @@ class SpectrumResult(RunResult):
             raise LowrankError(f"summary() takes at=; not {', '.join(sorted(options))}")
         mean, std = self.arrays["cumulative_mean"], self.arrays["cumulative_std"]
         layers, heads, n = mean.shape
-        at = self.index if at is None else at
-        if isinstance(at, bool) or not isinstance(at, int | np.integer) or not 1 <= at <= n:
-            raise LowrankError(f"{named('at', at)}: give a singular-value index between 1 and {n}")
+        at = self.index if at is None else check_int("at", at, low=1, high=n)
         layer, head = np.meshgrid(np.arange(1, layers + 1), np.arange(1, heads + 1), indexing="ij")
         table = {
             "layer": layer.ravel(),
@@ -194,10 +192,7 @@ class SpectrumResult(RunResult):
         returns the files."""
         from lowrank.families.spectrum.plots import write_figures
 
-        if folder is None and self.path is None:
-            raise LowrankError("draw(): give a folder or save the run first")
-        target = Path(folder) if folder else Path(self.path or ".") / "figures"
-        self.figures = write_figures([self], target, by_layer=by_layer)
+        self.figures = write_figures([self], self.figure_folder(folder), by_layer=by_layer)
         return self.figures
 
     def plot(self, ax: Axes | None = None, *, by_layer: bool = False, title: bool = True) -> Axes:

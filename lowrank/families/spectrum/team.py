@@ -21,6 +21,7 @@ from lowrank.errors import LowrankError
 from lowrank.families.spectrum.job import (
     Job,
     analyse_job,
+    check_inputs,
     cpu_threads,
     finish,
     progress_bar,
@@ -31,6 +32,7 @@ from lowrank.families.spectrum.job import (
 from lowrank.families.spectrum.result import SpectrumResult, share_line
 from lowrank.families.spectrum.stats import CODEC
 from lowrank.inputs.prepared import Prepared
+from lowrank.runs import locks
 from lowrank.runs.checkpoints import RunInterrupted, read_checkpoint
 from lowrank.runs.writing import check_out_dir
 
@@ -51,7 +53,13 @@ def run_team(
     import torch
 
     from lowrank.core.device import resolve_device
-    from lowrank.runs.distributed import Team, choose_backend, collective_timeout, cpu_threads
+    from lowrank.runs.distributed import (
+        Team,
+        check_rendezvous,
+        choose_backend,
+        collective_timeout,
+        cpu_threads,
+    )
 
     try:
         if shard is not None:
@@ -71,6 +79,7 @@ def run_team(
             torch.cuda.set_device(launch.local_rank)
         else:
             torch.set_num_threads(cpu_threads(launch.local_world))
+        check_rendezvous(launch)  # a bad MASTER_ADDR is one line, not minutes of retries
         team = Team.start(launch, chosen, timeout)
     except LowrankError:
         if launch.rank == 0 or verbose:
@@ -84,6 +93,9 @@ def run_team(
             result = _body(job, team, verbose)
     except (Exception, KeyboardInterrupt) as exc:
         _failure(job, team, exc, verbose)
+    finally:
+        if job.locked and job.out is not None:
+            locks.release(job.out)  # taken in _setup's first step
     signal.signal(signal.SIGTERM, previous)
     team.close()
     return result
@@ -147,6 +159,9 @@ def _setup(job: Job, team: Any) -> tuple[Prepared, Any, Any]:
 
     def check() -> None:
         if team.lead and job.out is not None:
+            if not job.locked:  # rank 0 writes: it holds the lock for the run
+                locks.acquire(job.out)
+                job.locked = True
             check_out_dir(job.out, job.identity, job.overwrite, resume=job.resume)
 
     if not job.inputs.in_memory:
@@ -170,6 +185,7 @@ def _setup(job: Job, team: Any) -> tuple[Prepared, Any, Any]:
             else None
         )
     )
+    step(lambda: check_inputs(job, prep, found, check=team.lead))
     starts = start_states(job, prep, team.world, found) if team.lead else None
     start = team.scatter(starts if starts is not None else [None] * team.world)
     return prep, starts, start

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,6 +21,7 @@ from lowrank.families.spectrum.job import (
     Inputs,
     Job,
     analyse_job,
+    check_inputs,
     finish,
     fitted_batch,
     progress_bar,
@@ -36,9 +36,14 @@ from lowrank.families.spectrum.team import run_team
 from lowrank.inputs.config import InputConfig
 from lowrank.inputs.prepared import Prepared
 from lowrank.inputs.state import preserved
-from lowrank.runs.checkpoints import RunInterrupted, read_checkpoint, write_checkpoint
+from lowrank.runs.checkpoints import (
+    RunInterrupted,
+    read_checkpoint,
+    sigterm_as_interrupt,
+    write_checkpoint,
+)
 from lowrank.runs.distributed import launch_from_env
-from lowrank.runs.provenance import package_versions
+from lowrank.runs.locks import hold
 from lowrank.runs.writing import check_out_dir
 
 log = logging.getLogger(__name__)
@@ -65,6 +70,8 @@ def run_spectrum(
     verbose: bool = False,
     progress: bool = True,
     auto_batch: bool = False,
+    label: str | None = None,
+    keep_per_sequence: bool = False,
 ) -> SpectrumResult:
     """The whole spectrum job, from model and corpus to a result (and a run folder at
     ``out``; None writes nothing).
@@ -83,17 +90,25 @@ def run_spectrum(
     (:func:`lowrank.families.spectrum.batching.fit_batch`); ``auto_batch`` cuts a batch that does
     not fit, and halves one that still runs out of memory, instead of stopping with one line. An
     in-memory model is restored as found when the job ends, also on error.
+
+    The process that writes ``out`` holds its lock (:mod:`lowrank.runs.locks`) for the whole
+    job, so a second writer is refused; the inputs are fingerprinted once prepared, and a
+    resume, or the replacement of a complete run of these options, from other inputs is
+    refused (:func:`lowrank.families.spectrum.job.check_inputs`); the run folder is committed
+    whole, in one step (:mod:`lowrank.runs.commit`).
     """
     identity = config.identity() | ({"shard": list(shard)} if shard else {})
     job = Job(
         config, inputs, out, identity, overwrite, resume, precision, command, checkpoint_every,
-        clock, versions or package_versions(), created, plot, progress, clock(), auto_batch,
+        clock, versions, created, plot, progress, clock(), auto_batch, label=label,
+        keep_per_sequence=keep_per_sequence,
     )  # fmt: skip
     launch = launch_from_env()
     with preserved(inputs.model):
         if launch is not None:
             return run_team(job, launch, shard, backend, verbose)
-        return _run_alone(job, shard, backend)
+        with hold(job.out):  # one writer per run folder, from the first check to the commit
+            return _run_alone(job, shard, backend)
 
 
 def _run_alone(job: Job, shard: tuple[int, int] | None, backend: str | None) -> SpectrumResult:
@@ -124,10 +139,11 @@ def _run_alone(job: Job, shard: tuple[int, int] | None, backend: str | None) -> 
             f"{len(prep.sequences.lengths)}: pass {switch('overwrite')} (not "
             f"{switch('resume')}) to start again"
         )
+    check_inputs(job, prep, found)  # a checkpoint or a run of other inputs is not continued
     begin = start_states(job, prep, 1, found)
     warn_index(job.config.seq_len)
     fitted_batch(job, prep)  # refused before the progress bar starts
-    with _sigterm_as_interrupt(), progress_bar(job, prep, begin) as bar:
+    with sigterm_as_interrupt(), progress_bar(job, prep, begin) as bar:
         try:
             result = analyse_job(job, prep, begin[0] if begin else None, bar.update, None)
         except Interrupted as stop:
@@ -143,7 +159,14 @@ def _interrupted(job: Job, prep: Prepared, stop: Any) -> NoReturn:
     n_seq = len(prep.sequences.lengths)
     if stop.stats.count and job.out is not None:
         write_checkpoint(
-            job.out, job.identity, [stop.stats], stop.next_index, n_seq, job.command, CODEC
+            job.out,
+            job.identity,
+            [stop.stats],
+            stop.next_index,
+            n_seq,
+            job.command,
+            CODEC,
+            job.fingerprint,
         )
         command = job.command if "--resume" in job.command else job.command + " --resume"
         checkpoint = job.out / "checkpoint.npz"
@@ -158,19 +181,3 @@ def _interrupted(job: Job, prep: Prepared, stop: Any) -> NoReturn:
             "(give out= to keep partial results)"
         )
     raise RunInterrupted("\ninterrupted before the first batch finished: nothing saved")
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (schedulers, `kill`) like Ctrl-C, so partial results are saved."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lowrank.core.options import flag
-from lowrank.families.verify.options import OPTIONS
+from lowrank.families.verify.options import OPTIONS, k_grid
 from lowrank.families.verify.result import VerifyResult
-from lowrank.inputs.config import PAPER_SEQ_LEN, DatasetName, Device, Policy
+from lowrank.inputs.config import PAPER_SEQ_LEN, DatasetName, Device, DType, Policy
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,9 +44,10 @@ def verify(
     seed: int | None = None,
     policy: Policy = "auto",
     device: Device = "auto",
+    dtype: DType | None = None,
     num_sequences: int = 2,
     eps: float | Sequence[float] = (0.1, 0.2, 0.3, 0.5),
-    k: int | Sequence[int] = (16, 32, 64, 128, 256, 512),
+    k: int | Sequence[int] | None = None,
     inverse_temperatures: float | Sequence[float] = (0.1, 1.0, 4.0, 16.0),
     temperatures: float | Sequence[float] | None = None,
     delta: float = 1.0,
@@ -58,6 +59,7 @@ def verify(
     out: str | Path | None = None,
     overwrite: bool = False,
     plot: bool = False,
+    label: str | None = None,
     progress: bool = True,
     attention_mask: Any = None,
     command: str | None = None,
@@ -71,8 +73,12 @@ def verify(
 
     Args:
         model, tokenizer, data: as :func:`lowrank.project`.
+        dtype: ``float32`` (default for a model loaded by name), ``float16`` or ``bfloat16``
+            (CUDA) for the forward pass; a model object keeps its own. The checks themselves
+            run in float64 on the CPU whatever the model's dtype.
         eps: error levels, each in (0, 1), no repeats (taken in increasing order).
-        k: projected dimensions, each in 1..n, no repeats (taken in increasing order).
+        k: projected dimensions, each in 1..n, no repeats (taken in increasing order);
+            None: 16, 32, ..., 512 cut to k <= n (logged).
         inverse_temperatures: beta of synthetic attention softmax(beta X Y^T / sqrt(d)),
             each finite and > 0, no repeats.
         temperatures: deprecated name of ``inverse_temperatures`` (a warning).
@@ -100,7 +106,7 @@ def verify(
     from lowrank.runs.provenance import provenance_record
     from lowrank.runs.writing import check_out_dir
 
-    config = settle_config(InputConfig.of(values), model, data)
+    config = settle_config(InputConfig.of(values), model, data, dtype=dtype)
     betas = values["inverse_temperatures"]
     if values["temperatures"] is not None:
         log.warning(
@@ -108,7 +114,7 @@ def verify(
             f"values)"
         )
         betas = values["temperatures"]
-    levels, ks = list(values["eps"]), list(values["k"])
+    levels, ks = list(values["eps"]), k_grid(values["k"], config.seq_len)
     check_k_range(ks, config.seq_len)
     folder = require_out(values)
     delta = values["delta"]
@@ -138,6 +144,8 @@ def verify(
             progress,
         )
     res = VerifyResult(meta, arrays, None, records, needed)
+    if label is not None:
+        res.config["label"] = label
     if folder is not None:
         res.save(folder, overwrite=overwrite)
         if plot:

@@ -17,7 +17,24 @@ from pydantic import Field
 from lowrank.families.verify import FAMILY
 from lowrank.runs.arrays import ArraySpec, length
 from lowrank.runs.formats import RunFormat
-from lowrank.runs.schema import AnalysisMeta, Positive
+from lowrank.runs.schema import AnalysisMeta, Count, Open, Positive
+
+
+class BaselineRecord(Open):
+    """One trivial P~ (zero or uniform attention) on one event, matrices, vectors and eps
+    (run.json ``baselines``, format 3)."""
+
+    statement: str
+    source: str
+    vectors: str
+    baseline: str
+    eps: float
+    failures: Count
+    trials: Count
+    rate: Annotated[float, Field(ge=0, le=1)]
+    ci_low: Annotated[float, Field(ge=0, le=1)]
+    ci_high: Annotated[float, Field(ge=0, le=1)]
+    below_bound: dict[str, bool]
 
 
 class VerifyMeta(AnalysisMeta):
@@ -26,6 +43,7 @@ class VerifyMeta(AnalysisMeta):
     seq_len: Positive
     eps: Annotated[list[float], Field(min_length=1)]
     k: Annotated[list[Positive], Field(min_length=1)]
+    baselines: list[BaselineRecord] | None = None  # format 3
 
 
 def verify_array_spec(
@@ -35,7 +53,9 @@ def verify_array_spec(
     series names ``[S]`` (``sources`` in format 1), counts ``failures``, ``trials``,
     ``clusters`` ``[S, E, K]`` (>= 0), and ``rate``, ``ci_low``, ``ci_high``, ``bound``,
     ``exact``, ``n_eff``, ``p_holm`` ``[S, E, K]``: NaN where a row has no such value (no
-    bound proven, no exact probability, not tested)."""
+    bound proven, no exact probability, not tested). Format 3 adds the trivial P~:
+    ``baselines`` [2] (zero, uniform) and ``baseline_rate``, ``baseline_ci_low``,
+    ``baseline_ci_high`` [2, S, E] in [0, 1], NaN where a series has none (JL rows)."""
     eps, ks = list(meta["eps"]), list(meta["k"])
     names = "series" if "series" in arrays or "sources" not in arrays else "sources"
     s = length(arrays, names)
@@ -51,12 +71,18 @@ def verify_array_spec(
     for name in ("rate", "ci_low", "ci_high", "bound", "exact", "n_eff", "p_holm"):
         required = name in ("rate", "ci_low", "ci_high", "bound")
         spec[name] = ArraySpec("float", cube, finite=False, required=required)
+    trivial = int(meta.get("format_version", 1)) >= 3
+    spec["baselines"] = ArraySpec("str", (2,), required=trivial)
+    for name in ("baseline_rate", "baseline_ci_low", "baseline_ci_high"):
+        spec[name] = ArraySpec(
+            "float", (2, s, len(eps)), finite=False, minimum=0.0, maximum=1.0, required=trivial
+        )
     return spec
 
 
 FORMAT = RunFormat(
     name=FAMILY.format,
-    version=2,
+    version=3,
     npz="verify.npz",
     schema=VerifyMeta,
     arrays=verify_array_spec,

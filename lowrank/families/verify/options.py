@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from lowrank.core.options import Option, Options, check_seed, merge, named
+import logging
+
+from lowrank.core.options import Option, Options, check_seed, flag, merge, named
 from lowrank.errors import LowrankError
 from lowrank.inputs.options import API_ONLY, model_and_corpus, output
+
+log = logging.getLogger(__name__)
 
 MIN_EPS = 1e-6
 """The smallest eps checked: below it the bounds' k = 5 ln n / (eps^2 - eps^3) exceeds 10^13
@@ -20,6 +24,26 @@ def check_eps(eps: float, option: str = "eps") -> None:
             f"{named(option, eps)} is too small: the bounds need k = 5 ln n / (eps^2 - eps^3), "
             f"over 10^13 below eps = {MIN_EPS:g}; use eps in [{MIN_EPS:g}, 1)"
         )
+
+
+DEFAULT_K = (16, 32, 64, 128, 256, 512)
+"""The k grid when none is given: the part of it that fits n (see :func:`k_grid`)."""
+
+
+def k_grid(given: tuple[int, ...] | None, n: int, grid: tuple[int, ...] = DEFAULT_K) -> list[int]:
+    """The ks of a run at sequence length n: ``given`` as checked (each in 1..n, checked by
+    the caller), or the default ``grid`` cut to k <= n, logged at INFO (``seq_len=128``
+    runs k = 16, 32, 64, 128 instead of failing on 256 and 512). Where no value of the grid
+    fits, the four largest powers of two up to n."""
+    if given is not None:
+        return list(given)
+    ks = [k for k in grid if k <= n]
+    if not ks:
+        powers = [2**i for i in range(n.bit_length()) if 2**i <= n]
+        ks = powers[-4:]
+    if len(ks) < len(grid):
+        log.info(f"{flag('k')}: the default grid up to n = {n}: {', '.join(map(str, ks))}")
+    return ks
 
 
 def _levels(option: str, values: tuple[float, ...]) -> tuple[float, ...]:
@@ -54,7 +78,6 @@ OPTIONS = Options(
             batch_size=4,
             num_sequences_help="Sequences of real attention (each gives layers x heads "
             "matrices P).",
-            dtype=False,
         ),
         (
             Option(
@@ -70,9 +93,12 @@ OPTIONS = Options(
             ),
             Option(
                 "k",
-                (16, 32, 64, 128, 256, 512),
-                "Projected dimensions, each in 1..n.",
+                None,
+                "Projected dimensions, each in 1..n. Default: "
+                f"{','.join(map(str, DEFAULT_K))}, those <= n (where none is, the four "
+                "largest powers of two up to n).",
                 "ints",
+                optional=True,
             ),
             Option(
                 "inverse_temperatures",

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 VERIFY_CSV, VERIFY_JSON = FORMAT.files
 
 
-@dataclass
+@dataclass(repr=False)  # RunResult's short repr
 class VerifyResult(RunResult):
     """A ``lowrank verify`` run: the theorems' bounds against measured failure rates.
 
@@ -51,7 +51,10 @@ class VerifyResult(RunResult):
     def summary(self, at: int | None = None, *, statement: str | None = None) -> pd.DataFrame:
         """verify.csv as a DataFrame: one row per series (statement, source of P, vectors
         w), eps and k, with the failure rate, its 95% interval, the bound, the exact
-        probability where known, the Holm p-value and the verdict.
+        probability where known, the Holm p-value and the verdict (``holds, but so does
+        zero`` where a trivial P~ meets the same bound), then the failure rates of the
+        trivial P~ on the same event, matrices and vectors, ``zero_rate`` and
+        ``uniform_rate`` (NaN where none: JL rows, runs before format 3).
 
         Args:
             at: one k (None: every k).
@@ -68,7 +71,26 @@ class VerifyResult(RunResult):
             if (at is None or r["k"] == at) and (statement is None or r["statement"] == statement)
         ]
         frame = pd.DataFrame.from_records(rows, columns=list(self.records[0]))
+        trivial: dict[tuple[str, str, str, float, str], float] = {
+            (b["statement"], b["source"], b["vectors"], b["eps"], b["baseline"]): b["rate"]
+            for b in self.config.get("baselines") or []
+        }
+        for name in ("zero", "uniform"):
+            frame[f"{name}_rate"] = [
+                trivial.get((r["statement"], r["source"], r["vectors"], r["eps"], name), np.nan)
+                for r in rows
+            ]
         return frame.reset_index(drop=True)
+
+    def baselines(self) -> pd.DataFrame:
+        """The trivial P~ (``zero``, ``uniform`` attention) on every event they apply to:
+        one row per (statement, source, vectors, baseline, eps) with its failure rate, 95%
+        interval (the measured rows' clusters), pass rate, and whether it is below the bound
+        at each k (``below_bound``) and below the target (``meets_target``). Empty for runs
+        of format 1 and 2, which did not measure them."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records(self.config.get("baselines") or [])
 
     def needed(self) -> pd.DataFrame:
         """Per series and eps: the smallest measured k whose rate (point, and certified by
@@ -79,7 +101,7 @@ class VerifyResult(RunResult):
 
     def report(self) -> str:
         """Exactly what ``lowrank verify`` prints to stdout for this run."""
-        from lowrank.families.verify.workflow import verify_report
+        from lowrank.families.verify.report import verify_report
 
         return verify_report(self.config, self.records, self.k_needed, self.path, self.figures)
 
@@ -128,10 +150,7 @@ class VerifyResult(RunResult):
         ``<run folder>/figures``); returns the files."""
         from lowrank.families.verify.plots import write_figures
 
-        if folder is None and self.path is None:
-            raise LowrankError("draw(): give a folder or save the run first")
-        target = Path(folder) if folder else Path(self.path or ".") / "figures"
-        self.figures = write_figures([self], target)
+        self.figures = write_figures([self], self.figure_folder(folder))
         return self.figures
 
 

@@ -255,11 +255,12 @@ def theorem1_failures(
     out: dict[tuple[str, str], np.ndarray] = {}
     for kind, w in vectors.items():
         exact = p @ w  # (M, n, m)
-        err = ((pr @ (r @ w)) - exact).norm(dim=-2)  # (M, m)
+        diff = pr @ (r @ w) - exact  # (M, n, m): P R^T R w - P w
+        err = diff.norm(dim=-2)  # (M, m)
         pw, wn = exact.norm(dim=-2), w.norm(dim=-2)
         out[("paper", kind)] = _counts(err, pw, eps_list, strict=False)
         # the union bound's event: every row within eps ||p_i|| ||w||
-        diff = ((pr @ (r @ w)) - exact).abs()  # (M, n, m)
+        diff = diff.abs()
         row_scale = p.norm(dim=-1)[:, :, None] * wn[:, None, :]  # (M, n, m)
         out[("jl-rows", kind)] = np.stack(
             [(diff > e * row_scale).any(dim=-2).sum(-1).numpy() for e in eps_list], -1
@@ -280,6 +281,43 @@ def _counts(
     return torch.stack([c.sum(-1) for c in cols], -1).numpy()
 
 
+@dataclass(frozen=True)
+class Theorem2Setup:
+    """What Theorem 2's check needs of one set of matrices, whatever k: computed once.
+
+    Attributes:
+        scores: (M, n, n) the scaled scores ``w = q K^T * scale`` the Linformer head projects.
+        value: (M, n, d) V; exact: (M, n, d) ``P V`` with the model's own P.
+        rhs: (M, n) ``||p_i|| ||V||_2`` (spectral norm of V), the bound's scale per row.
+    """
+
+    scores: torch.Tensor
+    value: torch.Tensor
+    exact: torch.Tensor
+    rhs: torch.Tensor
+
+
+def theorem2_setup(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    probs: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> Theorem2Setup:
+    """Theorem 2's k-free parts, float64, from (M, n, d) Q, K, V.
+
+    ``probs`` (M, n, n) is the model's P (causal, masked or biased as the model made it); None
+    rebuilds it as ``softmax(q K^T * scale)``. ``scale`` defaults to ``d^-1/2``.
+    """
+    d = query.shape[-1]
+    scale = d**-0.5 if scale is None else scale
+    q, kk, v = query.double(), key.double(), value.double()
+    scores = q @ kk.transpose(1, 2) * scale  # (M, n, n)
+    p = torch.softmax(scores, dim=-1) if probs is None else probs.double()
+    rhs = p.norm(dim=-1) * torch.linalg.matrix_norm(v, ord=2)[:, None]
+    return Theorem2Setup(scores, v, p @ v, rhs)
+
+
 def theorem2_failures(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -288,26 +326,34 @@ def theorem2_failures(
     eps_list: list[float],
     gen: torch.Generator,
     delta: float = 1.0,
+    setup: Theorem2Setup | None = None,
 ) -> np.ndarray:
     """Failures, per query row, of ``||softmax(w E^T) F V - softmax(w) V|| <= eps
     ||softmax(w)|| ||V||_2`` with E = delta R, F = exp(-delta) R, R Gaussian N(0, 1/k).
 
     Args:
         query, key, value: (M, n, d), ``w`` = the scaled scores ``q K^T / sqrt(d)``.
+        setup: :func:`theorem2_setup` of the same matrices (computed here when None); with
+            the model's P in it, ``softmax(w)`` is that P (a causal model's rows stay causal;
+            the Linformer head itself mixes every key, as Linformer does).
 
     Returns:
         (M, E) counts out of n per matrix: one cluster per matrix (its rows share R).
     """
-    m, n, d = query.shape
+    m, n, _ = query.shape
     r = torch.randn(m, k, n, generator=gen, dtype=torch.float64) / math.sqrt(k)
-    q, kk, v = query.double(), key.double(), value.double()
-    scores = q @ kk.transpose(1, 2) / math.sqrt(d)  # (M, n, n)
-    p = torch.softmax(scores, dim=-1)
-    exact = p @ v
-    approx = torch.softmax(scores @ (delta * r).transpose(1, 2), -1) @ (math.exp(-delta) * r @ v)
-    lhs = (approx - exact).norm(dim=-1)  # (M, n)
-    rhs = p.norm(dim=-1) * torch.linalg.matrix_norm(v, ord=2)[:, None]
-    return torch.stack([(lhs > e * rhs).sum(-1) for e in eps_list], -1).numpy()
+    s = setup if setup is not None else theorem2_setup(query, key, value)
+    projected = torch.softmax(s.scores @ (delta * r).transpose(1, 2), -1)  # (M, n, k)
+    approx = projected @ (math.exp(-delta) * r @ s.value)
+    lhs = (approx - s.exact).norm(dim=-1)  # (M, n)
+    return torch.stack([(lhs > e * s.rhs).sum(-1) for e in eps_list], -1).numpy()
+
+
+JL_CHUNK_ENTRIES = 2**22
+"""Entries of R drawn at once by :func:`jl_failures` (32 MiB of float64): trials are streamed
+in chunks of ``max(1, JL_CHUNK_ENTRIES // (k n))``, so the peak memory no longer grows with
+``trials x k x n`` (2000 trials at k = n = 512 took 4.2 GB at once). The chunk size depends
+on k and n only, so the draws are the same on every machine."""
 
 
 def jl_failures(
@@ -315,13 +361,22 @@ def jl_failures(
 ) -> dict[str, np.ndarray]:
     """The JL lemma itself on random Gaussian vectors, a fresh R per trial.
 
+    The vectors x, y (trials, n) are drawn first, then R (k x n, iid N(0, 1/k)) chunk by
+    chunk (:data:`JL_CHUNK_ENTRIES`): the same numbers whatever the memory.
+
     Returns:
         ``jl-norm``, ``jl-norm2``, ``jl-inner`` -> (trials, E) failure indicators.
     """
-    r = torch.randn(trials, k, n, generator=gen, dtype=torch.float64) / math.sqrt(k)
     x = torch.randn(trials, n, generator=gen, dtype=torch.float64)
     y = torch.randn(trials, n, generator=gen, dtype=torch.float64)
-    rx, ry = (r @ x[..., None])[..., 0], (r @ y[..., None])[..., 0]
+    chunk = max(1, JL_CHUNK_ENTRIES // (k * n))
+    rx_parts, ry_parts = [], []
+    for lo in range(0, trials, chunk):
+        hi = min(trials, lo + chunk)
+        r = torch.randn(hi - lo, k, n, generator=gen, dtype=torch.float64) / math.sqrt(k)
+        rx_parts.append((r @ x[lo:hi, :, None])[..., 0])  # (chunk, k)
+        ry_parts.append((r @ y[lo:hi, :, None])[..., 0])
+    rx, ry = torch.cat(rx_parts), torch.cat(ry_parts)
     norm_ratio = rx.norm(dim=-1) / x.norm(dim=-1)
     inner_err = (rx * ry).sum(-1) - (x * y).sum(-1)
     scale = x.norm(dim=-1) * y.norm(dim=-1)

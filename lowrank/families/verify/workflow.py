@@ -3,23 +3,32 @@
 Every row names its statement (see :data:`lowrank.families.verify.theorems.STATEMENTS`), the
 matrices P it ran on, and the vectors w. Rates come with cluster-robust 95% intervals (a cluster is
 one draw of R: a matrix with its vectors or query rows), and only statements whose failure
-probability a proof bounds get a verdict, Holm-corrected over all of them.
+probability a proof bounds get a verdict, Holm-corrected over all of them. Beside every event
+on real and synthetic attention stand the trivial P~, zero and uniform attention
+(:mod:`lowrank.families.verify.baselines`): a verdict says when they meet the bound too.
+
+The work streams (:mod:`lowrank.families.verify.memory` estimates its peak before it starts):
+one sequence of one layer at a time, one inverse temperature at a time, JL trials in chunks.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from lowrank.core.options import flag
 from lowrank.core.random import seeded_generator
 from lowrank.errors import LowrankError
+from lowrank.families.verify import baselines as trivial
 from lowrank.families.verify.format import FORMAT
+from lowrank.families.verify.memory import check_memory, release_free_memory
+from lowrank.families.verify.report import INTERVALS
 from lowrank.families.verify.theorems import (
     PROMISED,
     STATEMENTS,
@@ -36,12 +45,12 @@ from lowrank.families.verify.theorems import (
     synthetic_attention,
     theorem1_failure_bound,
     theorem1_failures,
-    theorem1_k,
     theorem2_failures,
-    theorem2_k,
+    theorem2_setup,
 )
 from lowrank.hooks.attention import AttentionCall, capture
 from lowrank.maths.stats import ClusteredRate
+from lowrank.runs.writing import json_value
 
 if TYPE_CHECKING:
     from lowrank.inputs.config import InputConfig
@@ -49,13 +58,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INTERVALS = (
-    "Clopper-Pearson on the Korn-Graubard effective sample size; cluster = one draw of R "
-    "(a matrix P with its vectors w, or with its n query rows for Theorem 2); conditional on "
-    "the measured P, as the theorems quantify over R. JL rows draw a fresh R per trial "
-    "(clusters of one: plain Clopper-Pearson)"
+SEEDS = (
+    "R of (sequence, layer, k) from the sequence's index in the run (the same whatever "
+    "--batch-size), Gaussian vectors w from (sequence, layer); synthetic P per inverse "
+    "temperature; JL vectors then R in fixed chunks per k"
 )
 Counts = dict[tuple[str, str, int], list[np.ndarray]]
+
+
+@dataclass
+class RealCounts:
+    """Per-matrix failure counts on captured attention (each a list of (M, E) arrays).
+
+    Attributes:
+        t1: Theorem 1 counts per (statement, vectors, k); t2: Theorem 2 counts per k;
+        base: the trivial P~'s counts per (statement, source, vectors, baseline);
+        d: the head dimension.
+    """
+
+    t1: Counts = field(default_factory=dict)
+    t2: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    base: trivial.BaseCounts = field(default_factory=dict)
+    d: int = 0
 
 
 def measure_real(
@@ -67,41 +91,75 @@ def measure_real(
     seed: int,
     delta: float,
     with_theorem2: bool,
-) -> tuple[Counts, dict[int, list[np.ndarray]], int]:
-    """Per-matrix failure counts on captured attention: one fresh R per (sequence, layer,
-    head, k), shared by the matrix's vectors (Theorem 1) or query rows (Theorem 2).
+    device: torch.device | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RealCounts:
+    """Failure counts on captured attention: one fresh R per (sequence, layer, head, k),
+    shared by the matrix's vectors (Theorem 1) or query rows (Theorem 2), and the counts of
+    the trivial P~ on the same matrices and vectors.
 
-    Returns:
-        Theorem 1 counts per (statement, vectors, k) (a list of (M, E) arrays), Theorem 2
-        counts per k, and the head dimension d.
+    Each sequence of a layer is checked alone, in float64 on the CPU, its draws seeded by
+    its index in the run: the numbers do not depend on ``batch_size``, and the memory of
+    the checks does not grow with it. ``progress`` is called with the number of sequences
+    of every layer done.
     """
-    t1: Counts = {}
-    t2: dict[int, list[np.ndarray]] = {k: [] for k in ks}
-    state = {"batch": 0, "d": 0}
+    out = RealCounts(t2={k: [] for k in ks})
+    state = {"offset": 0}
 
     def sink(call: AttentionCall) -> None:
-        b, h, n, d = call.value.shape
-        p = call.probs.reshape(b * h, n, n).double()
-        v = call.value.reshape(b * h, n, d)
-        state["d"] = d
-        svd = torch.linalg.svd(p)  # for the witness and the top singular vectors
-        vectors = probe_vectors(
-            p, v, svd[2], VECTORS, seeded_generator(21, seed, state["batch"], call.layer)
-        )
-        for k in ks:
-            gen = seeded_generator(22, seed, state["batch"], call.layer, k)
-            for key, counts in theorem1_failures(p, vectors, k, eps, gen, svd).items():
-                t1.setdefault((*key, k), []).append(counts)
-            if with_theorem2:
-                q = call.query.reshape(b * h, n, d)
-                key_ = call.key.reshape(b * h, n, d)
-                t2[k].append(theorem2_failures(q, key_, v, k, eps, gen, delta))
+        if with_theorem2 and not (call.probs_from_qk and call.qkv):
+            raise LowrankError(
+                f"layer {call.layer + 1} ({type(call.module).__name__}) adds terms of its own "
+                "to the attention scores (position biases, soft-capping, sinks) or hides Q and "
+                "K: Theorem 2's check rebuilds the scores from Q and K; pass "
+                f"{'--no-theorem2' if flag('theorem2') != 'theorem2' else 'theorem2=False'} to "
+                "check Theorem 1 alone"
+            )
+        b = call.value.shape[0]
+        out.d = call.value.shape[-1]
+        for i in range(b):
+            _check_sequence(out, call, i, state["offset"] + i, ks, eps, seed, delta, with_theorem2)
+            release_free_memory()  # else the heap grows with every sequence checked
+        if progress is not None:
+            progress(b)
 
     for lo in range(0, len(ids), batch_size):
+        batch = torch.from_numpy(ids[lo : lo + batch_size])
         with torch.inference_mode(), capture(loaded.model, sink):
-            loaded.model(input_ids=torch.from_numpy(ids[lo : lo + batch_size]))
-        state["batch"] += 1
-    return t1, t2, state["d"]
+            loaded.model(input_ids=batch if device is None else batch.to(device))
+        state["offset"] += len(batch)
+    return out
+
+
+def _check_sequence(
+    out: RealCounts,
+    call: AttentionCall,
+    i: int,
+    index: int,
+    ks: list[int],
+    eps: list[float],
+    seed: int,
+    delta: float,
+    with_theorem2: bool,
+) -> None:
+    """Count every event on sequence ``i`` of a captured layer (its H matrices, float64 on
+    the CPU), ``index`` its place in the run; everything it allocates is freed on return."""
+    causal = bool(getattr(call.module, "is_causal", False))
+    p = call.probs[i].detach().double().cpu()  # (H, n, n)
+    v = call.value[i].detach().cpu()  # (H, n, d)
+    svd = torch.linalg.svd(p)  # for the witness and the top singular vectors
+    vectors = probe_vectors(p, v, svd[2], VECTORS, seeded_generator(21, seed, index, call.layer))
+    trivial.add_theorem1(out.base, "real", p, vectors, eps, causal)
+    q, key = call.query[i].detach().cpu(), call.key[i].detach().cpu()
+    setup = theorem2_setup(q, key, v, p, call.scale) if with_theorem2 else None
+    if setup is not None:
+        trivial.add_theorem2(out.base, setup, eps, causal)
+    for k in ks:
+        gen = seeded_generator(22, seed, index, call.layer, k)
+        for name, counts in theorem1_failures(p, vectors, k, eps, gen, svd).items():
+            out.t1.setdefault((*name, k), []).append(counts)
+        if setup is not None:
+            out.t2[k].append(theorem2_failures(q, key, v, k, eps, gen, delta, setup))
 
 
 def _rows_from_counts(
@@ -168,72 +226,149 @@ def run_verify(
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[dict[str, Any]], list[dict[str, Any]]]:
     """Measure every statement's failure rate on prepared real attention, on synthetic
-    attention and on random vectors (the JL rows). Options are checked by the caller
-    (:func:`lowrank.families.project.api.verify`); nothing is written here.
+    attention and on random vectors (the JL rows), with the trivial P~ beside every event.
+    Options are checked by the caller (:func:`lowrank.families.verify.api.verify`); nothing
+    is written here. The estimated peak memory is checked first
+    (:func:`lowrank.families.verify.memory.check_memory`).
 
     Returns:
-        ``(meta, arrays, records, k_needed)``: run.json, the verify.npz arrays (each
-        [series, eps, k]: ``rate``, ``ci_low``, ``ci_high``, ``bound``, ``exact``,
-        ``n_eff``, ``p_holm``, ``failures``, ``trials``, ``clusters``; with ``eps`` [E],
-        ``ks`` [K], ``series`` [S] and ``statement`` [S]), one record per row of verify.csv,
-        and the "k needed" table of verify.json.
+        ``(meta, arrays, records, k_needed)``: run.json (with ``baselines``), the verify.npz
+        arrays (each [series, eps, k]: ``rate``, ``ci_low``, ``ci_high``, ``bound``,
+        ``exact``, ``n_eff``, ``p_holm``, ``failures``, ``trials``, ``clusters``; with
+        ``eps`` [E], ``ks`` [K], ``series`` [S], ``statement`` [S], and the trivial P~'s
+        ``baselines`` [2], ``baseline_rate``, ``baseline_ci_low``, ``baseline_ci_high``
+        [2, S, E]), one record per row of verify.csv, and the "k needed" table.
     """
     from tqdm.auto import tqdm
 
-    n = config.seq_len
-    log.info("measuring real attention ...")
-    t1, t2, d = measure_real(
-        prep.loaded,
-        prep.sequences.input_ids,
-        ks,
-        eps,
-        config.batch_size,
-        seed,
-        delta,
-        with_theorem2,
+    n, loaded = config.seq_len, prep.loaded
+    n_seq = len(prep.sequences.lengths)
+    batch = min(config.batch_size, n_seq)  # what a forward pass really holds
+    peak = check_memory(
+        batch, loaded.num_heads, n, max(ks), synthetic_count, jl_trials, prep.device
     )
+    total = n_seq * loaded.num_layers
+    with tqdm(total=total, desc="real attention", unit="seq-layer", disable=not progress) as bar:
+        real = measure_real(
+            loaded,
+            prep.sequences.input_ids,
+            ks,
+            eps,
+            config.batch_size,
+            seed,
+            delta,
+            with_theorem2,
+            prep.device,
+            bar.update,
+        )
+    d = real.d
+    sizes = {kind: d if kind in ("values", "gaussian") else min(d, n) for kind in VECTORS}
+    sizes["-"] = n  # Theorem 2: a matrix with its n query rows
+    rows = _real_rows(real, eps, n, sizes, with_theorem2)
+    base = dict(real.base)
+    for beta in tqdm(inverse_temperatures, desc="synthetic", unit="beta", disable=not progress):
+        rows += _synthetic_rows(beta, n, d, ks, eps, synthetic_count, seed, base)
+        release_free_memory()
+    for k in tqdm(ks, desc="JL lemma", unit="k", disable=not progress):
+        rows += _jl_rows(n, k, eps, jl_trials, seed)
+        release_free_memory()
+    _sort(rows)
+    tests = assign_verdicts(rows)
+    trivial_rows = trivial.baseline_rows(base, eps, sizes)
+    trivial.qualify(rows, trivial_rows)
+    base_records = trivial.baseline_records(trivial_rows, rows, target)
+    needed = _needed(rows, eps, n, d, target, base_records)
+    records = [_record(r) for r in rows]
+    meta = {
+        **FORMAT.header(),
+        "command": provenance["command"],
+        "created": provenance["created"],
+        "identity": identity,
+        "config": config.to_json(),
+        **prep.meta(config),
+        "num_sequences": n_seq,
+        "head_dim": d,
+        "eps": eps,
+        "k": ks,
+        "inverse_temperatures": inverse_temperatures,
+        "delta": delta,
+        "target_delta": target,
+        "verify_seed": seed,
+        "seeds": SEEDS,
+        "theta_constants": 1,
+        "statements": STATEMENTS,
+        "intervals": INTERVALS,
+        "multiplicity": f"Holm over the {tests} rows with a promised, non-vacuous bound",
+        "conditional_on": trivial.CONDITIONAL,
+        "baseline_rule": trivial.RULE,
+        "baselines": base_records,
+        "estimated_peak_bytes": peak,
+        "versions": provenance["versions"],
+    }
+    meta = json.loads(json.dumps(meta, default=json_value))
+    records = json.loads(json.dumps(records))  # as verify.json reads back
+    arrays = verify_arrays(records, eps, ks)
+    arrays |= trivial.baseline_arrays(meta["baselines"], [str(s) for s in arrays["series"]], eps)
+    return meta, arrays, records, json.loads(json.dumps(needed))
+
+
+def _real_rows(
+    real: RealCounts, eps: list[float], n: int, sizes: dict[str, int], with_theorem2: bool
+) -> list[Row]:
     rows: list[Row] = []
-    for (statement, vectors, k), chunks in t1.items():
+    for (statement, vectors, k), chunks in real.t1.items():
         bound = (lambda e, k=k: theorem1_failure_bound(n, k, e)) if statement in PROMISED else None
-        per = d if vectors in ("values", "gaussian") else min(d, n)  # vectors per matrix
-        rows += _rows_from_counts(statement, "real", vectors, k, eps, chunks, per, bound)
+        rows += _rows_from_counts(statement, "real", vectors, k, eps, chunks, sizes[vectors], bound)
     if with_theorem2:
-        for k, chunks in t2.items():
+        for k, chunks in real.t2.items():
             rows += _rows_from_counts("theorem2", "real", "-", k, eps, chunks, n, None)
-    betas = tqdm(inverse_temperatures, desc="synthetic", unit="beta", disable=not progress)
-    for beta in betas:
-        bits = int(np.float64(beta).view(np.uint64))  # every distinct beta its own stream
-        gen = seeded_generator(23, seed, bits)
-        p, v = synthetic_attention(n, d, beta, synthetic_count, gen)
-        for k in ks:
-            counts = theorem1_failures(
-                p, {"values": v}, k, eps, seeded_generator(24, seed, bits, k)
-            )
-            for (statement, vectors), c in counts.items():
-                bound = (
-                    (lambda e, k=k: theorem1_failure_bound(n, k, e))
-                    if statement in PROMISED
-                    else None
-                )
-                rows += _rows_from_counts(
-                    statement, f"synthetic beta={beta:g}", vectors, k, eps, [c], d, bound
-                )
+    return rows
+
+
+def _synthetic_rows(
+    beta: float,
+    n: int,
+    d: int,
+    ks: list[int],
+    eps: list[float],
+    count: int,
+    seed: int,
+    base: trivial.BaseCounts,
+) -> list[Row]:
+    """Theorem 1's statements on ``count`` synthetic matrices at inverse temperature
+    ``beta`` (value columns as w), their trivial P~ counted into ``base``."""
+    bits = int(np.float64(beta).view(np.uint64))  # every distinct beta its own stream
+    p, v = synthetic_attention(n, d, beta, count, seeded_generator(23, seed, bits))
+    source = f"synthetic beta={beta:g}"
+    trivial.add_theorem1(base, source, p, {"values": v}, eps, causal=False)
+    rows: list[Row] = []
     for k in ks:
-        jl = jl_failures(n, k, eps, jl_trials, seeded_generator(25, seed, k))
-        for statement, fails in jl.items():
-            for i, e in enumerate(eps):
-                jl_bound = (
-                    jl_inner_failure_bound(e, k)
-                    if statement == "jl-inner"
-                    else jl_norm_failure_bound(e, k)
-                )
-                exact = (
-                    jl_exact_failure(e, k, squared=statement == "jl-norm2")
-                    if statement != "jl-inner"
-                    else None
-                )
-                rate = ClusteredRate.from_clusters(fails[:, i], np.ones(len(fails)))
-                rows.append(Row(statement, "random", "-", e, k, rate, jl_bound, exact))
+        gen = seeded_generator(24, seed, bits, k)
+        for (statement, vectors), c in theorem1_failures(p, {"values": v}, k, eps, gen).items():
+            bound = (
+                (lambda e, k=k: theorem1_failure_bound(n, k, e)) if statement in PROMISED else None
+            )
+            rows += _rows_from_counts(statement, source, vectors, k, eps, [c], d, bound)
+    return rows
+
+
+def _jl_rows(n: int, k: int, eps: list[float], trials: int, seed: int) -> list[Row]:
+    """The JL lemma's rows at one k, a fresh R per trial, with their exact probabilities."""
+    rows = []
+    for statement, fails in jl_failures(n, k, eps, trials, seeded_generator(25, seed, k)).items():
+        for i, e in enumerate(eps):
+            if statement == "jl-inner":
+                jl_bound, exact = jl_inner_failure_bound(e, k), None
+            else:
+                squared = statement == "jl-norm2"
+                jl_bound, exact = jl_norm_failure_bound(e, k), jl_exact_failure(e, k, squared)
+            rate = ClusteredRate.from_clusters(fails[:, i], np.ones(len(fails)))
+            rows.append(Row(statement, "random", "-", e, k, rate, jl_bound, exact))
+    return rows
+
+
+def _sort(rows: list[Row]) -> None:
+    """Statements in the order of :data:`STATEMENTS`, then source, vectors, eps and k."""
     order = {name: i for i, name in enumerate(VECTORS)}
     sources = list(dict.fromkeys(r.source for r in rows))
     statements = list(STATEMENTS)
@@ -246,33 +381,6 @@ def run_verify(
             r.k,
         )
     )
-    tests = assign_verdicts(rows)
-    needed = _needed(rows, eps, n, d, target)
-    records = [_record(r) for r in rows]
-    meta = {
-        **FORMAT.header(),
-        "command": provenance["command"],
-        "created": provenance["created"],
-        "identity": identity,
-        "config": config.to_json(),
-        **prep.meta(config),
-        "num_sequences": len(prep.sequences.lengths),
-        "head_dim": d,
-        "eps": eps,
-        "k": ks,
-        "inverse_temperatures": inverse_temperatures,
-        "delta": delta,
-        "target_delta": target,
-        "verify_seed": seed,
-        "theta_constants": 1,
-        "statements": STATEMENTS,
-        "intervals": INTERVALS,
-        "multiplicity": f"Holm over the {tests} rows with a promised, non-vacuous bound",
-        "versions": provenance["versions"],
-    }
-    meta = json.loads(json.dumps(meta, default=str))
-    records = json.loads(json.dumps(records))  # as verify.json reads back
-    return meta, verify_arrays(records, eps, ks), records, json.loads(json.dumps(needed))
 
 
 def series_of(row: Row) -> str:
@@ -281,12 +389,18 @@ def series_of(row: Row) -> str:
 
 
 def _needed(
-    rows: list[Row], eps: list[float], n: int, d: int, target: float
+    rows: list[Row],
+    eps: list[float],
+    n: int,
+    d: int,
+    target: float,
+    base_records: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Per series and eps: the smallest measured k whose rate (point, and certified: upper
     95% bound) is below ``target``, beside the k at which the statement's own bound reaches
-    that same level. Statements without a failure bound get no theory k: the paper's
-    k = 5 ln n / gap is for a failure probability o(1), not for ``target``."""
+    that same level, and which trivial P~ reach ``target`` too (``trivial_meets_target``;
+    None for series without one). Statements without a failure bound get no theory k: the
+    paper's k = 5 ln n / gap is for a failure probability o(1), not for ``target``."""
     table = []
     for series in dict.fromkeys(series_of(r) for r in rows):
         mine = [r for r in rows if series_of(r) == series]
@@ -304,6 +418,9 @@ def _needed(
                     "certified_k": certified,
                     "theory_k_at_target": theory,
                     "ratio": theory / certified if theory and certified else None,
+                    "trivial_meets_target": trivial.trivial_meeting(
+                        base_records or [], series, e, target
+                    ),
                 }
             )
     return table
@@ -357,109 +474,4 @@ def verify_arrays(
     return arrays
 
 
-MEANING = {
-    "paper": (
-        "the printed bound eps ||Pw|| is smaller than the one the proof controls, so no "
-        "rate here contradicts a proven statement; it shows how often the proof's "
-        "construction P R^T R misses the paper's wording (the bottom singular vectors, "
-        "where ||Pw|| is smallest, are the hard case)"
-    ),
-    "witness": (
-        "the best rank-k approximation is one deterministic low-rank P~ for all w; for a "
-        "single fixed w a rank-1 P~ = (Pw) w^T / ||w||^2 is already exact, so a rate above 0 "
-        "does not contradict the theorem's existence claim: it says P_k is not within eps in "
-        "the paper's relative sense for that share of vectors"
-    ),
-    "theorem2": (
-        "Theorem 2 claims probability 1 - o(1) with unspecified Theta constants in k and no "
-        "explicit failure bound, so these are measured rates only"
-    ),
-}
-
-
-def head_dim(meta: dict[str, Any], records: list[dict[str, Any]]) -> int:
-    """d of a verify run: recorded in run.json, or (older runs) the vectors per matrix of
-    the real value columns."""
-    if "head_dim" in meta:
-        return int(meta["head_dim"])
-    for r in records:
-        if r["source"] == "real" and r["vectors"] == "values" and r["clusters"]:
-            return int(r["trials"]) // int(r["clusters"])
-    raise LowrankError("the run records no head dimension and has no real value rows")
-
-
-def verify_report(
-    meta: dict[str, Any],
-    records: list[dict[str, Any]],
-    needed: list[dict[str, Any]],
-    path: Path | None = None,
-    figures: list[Path] | None = None,
-) -> str:
-    """The text ``lowrank verify`` prints: per statement its rows (rate, interval, bound,
-    verdict), the "k needed" table and the paper's k for reference, then the run folder
-    and the figures when given."""
-    tests = sum(1 for r in records if r["p_holm"] is not None)
-    target, n = meta["target_delta"], int(meta["seq_len"])
-    d, eps = head_dim(meta, records), [float(e) for e in meta["eps"]]
-    lines: list[str] = []
-    echo = lines.append
-    echo(f"\nintervals: 95% {INTERVALS}")
-    echo(f"verdicts: Holm-corrected over {tests} rows whose bound a proof promises")
-    for statement in dict.fromkeys(r["statement"] for r in records):
-        echo(f"\n{statement}: {STATEMENTS[statement]}")
-        echo(
-            f"  {'P':<20}{'w':<16}{'eps':>5}{'k':>5}  {'failure rate [95% CI]':<27}"
-            f"{'n_eff':>8}{'bound':>10}{'exact':>10}  verdict"
-        )
-        mine = [r for r in records if r["statement"] == statement]
-        for r in mine:
-            bound = "-" if r["bound"] is None else f"{r['bound']:.3g}"
-            exact = "-" if r["exact"] is None else f"{r['exact']:.3g}"
-            verdict = r["verdict"] if r["verdict"] != "n/a" else "- (no bound)"
-            echo(
-                f"  {r['source']:<20}{r['vectors']:<16}{r['eps']:>5g}{r['k']:>5}  "
-                f"{r['rate']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]  {r['n_eff']:>8.0f}"
-                f"{bound:>10}{exact:>10}  {verdict}"
-            )
-        if statement in MEANING:
-            top = max(r["k"] for r in mine)
-            at_top = [r for r in mine if r["k"] == top and r["source"] == "real"] or [
-                r for r in mine if r["k"] == top
-            ]
-            rates = ", ".join(
-                f"eps={r['eps']:g} ({r['vectors']}): {r['rate']:.3f}"
-                for r in at_top
-                if r["vectors"] in ("values", "-")
-            )
-            echo(f"  in plain words: at k = {top}, {rates}; {MEANING[statement]}.")
-    echo(
-        f"\nk needed for a failure rate below {target}: measured (point; certified = upper "
-        "95% bound below it) against the k at which the statement's bound reaches that level"
-    )
-    echo(
-        f"  {'series':<44}{'eps':>5}{'measured':>10}{'certified':>11}{'bound k':>10}"
-        f"{'bound/certified':>17}"
-    )
-    for row in needed:
-        measured = "> max k" if row["measured_k"] is None else str(row["measured_k"])
-        certified = "> max k" if row["certified_k"] is None else str(row["certified_k"])
-        theory = "-" if row["theory_k_at_target"] is None else f"{row['theory_k_at_target']:.0f}"
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.1f}x"
-        echo(
-            f"  {row['series']:<44}{row['eps']:>5g}{measured:>10}{certified:>11}{theory:>10}"
-            f"{ratio:>17}"
-        )
-    paper = ", ".join(f"eps={e:g}: {theorem1_k(n, e):.0f}" for e in eps)
-    second = ", ".join(f"eps={e:g}: {theorem2_k(n, d, e):.0f}" for e in eps)
-    echo(
-        f"  for reference only (failure o(1), not {target}; not comparable with the rows "
-        f"above): the paper's Theorem 1 k = 5 ln n / (eps^2 - eps^3) = {paper}; "
-        f"Theorem 2 k = min(9 d ln d, 5 ln n) / eps^2 = {second}"
-    )
-    if path is not None:
-        echo(f"run folder: {path}  (verify.csv, verify.json, verify.npz, run.json)")
-    lines += [f"figure: {figure}" for figure in figures or []]
-    return "\n".join(lines)
-
-
-__all__ = ["asdict", "run_verify", "verify_report"]
+__all__ = ["run_verify", "verify_arrays", "verify_identity"]
