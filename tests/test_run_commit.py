@@ -436,6 +436,27 @@ def test_a_rerun_on_a_changed_corpus_does_not_replace_the_run(
     assert (out / "spectrum.npz").read_bytes() != before
 
 
+def test_a_scaling_rerun_on_a_changed_corpus_does_not_replace_the_run(
+    roberta_dir: Path, tmp_path: Path
+) -> None:
+    """scaling records the fingerprint of its longest windows and the model: the same
+    options on a corpus edited in place are refused, as spectrum's are."""
+    data = _corpus(tmp_path / "corpus.txt", "the cat sat on the mat and looked around. ")
+    out = tmp_path / "run"
+    args = ["scaling", "--model", str(roberta_dir), "--data", str(data), "--seq-len", "8,16,32",
+            "--num-sequences", "3", "--out", str(out)]  # fmt: skip
+    assert _invoke(args).exit_code == 0
+    before = (out / "scaling.npz").read_bytes()
+    assert _invoke(args).exit_code == 0  # same inputs: the same run again
+    _corpus(data, "a dog ran in the park and barked at birds. ")
+    res = _invoke(args)
+    assert res.exit_code == 2, res.output
+    assert "holds a run of these options made from other inputs" in res.stderr
+    assert (out / "scaling.npz").read_bytes() == before
+    assert _invoke([*args, "--overwrite"]).exit_code == 0
+    assert (out / "scaling.npz").read_bytes() != before
+
+
 def test_a_rerun_on_changed_weights_does_not_replace_the_run(
     roberta_dir: Path, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ from lowrank.families.scaling.measures import MEASURES
 from lowrank.families.spectrum.result import SpectrumResult
 from lowrank.runs.commit import commit_folder
 from lowrank.runs.locks import hold
+from lowrank.runs.manifest import FINGERPRINT
 from lowrank.runs.result import RunResult
 from lowrank.runs.writing import check_out_dir, check_replace, write_run_files
 
@@ -246,12 +247,13 @@ class ScalingResult(RunResult):
             raise LowrankError(f"save({path!r}): give the run folder as a path or a string")
         out = Path(path)
         identity = dict(self.config.get("identity") or {})
+        fingerprint = self.config.get(FINGERPRINT)
 
         def check() -> None:
-            check_replace(out, identity, None)
+            check_replace(out, identity, fingerprint)
 
         with hold(out):
-            check_out_dir(out, identity, overwrite)
+            check_out_dir(out, identity, overwrite, fingerprint=fingerprint)
             with commit_folder(out, None if overwrite else check) as stage:
                 folders = []
                 for n, run in sorted(self.runs.items()):

@@ -52,7 +52,8 @@ from lowrank.maths.windows import Policy
 if TYPE_CHECKING:
     from lowrank.inputs.objects import DataInput, ModelInput
     from lowrank.inputs.prepared import Prepared
-    from lowrank.runs.provenance import Provenance
+from lowrank.runs.manifest import FINGERPRINT, fingerprint_of, model_digest
+from lowrank.runs.provenance import Provenance
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,10 @@ def run_scaling(
     arrays = scaling_arrays(measured, found, per_window, spec)
     meta = summary_meta(ctx, prep, measured, found, policy)
     meta["fit_seconds"] = round(fit_seconds, 3)
+    # what the run is computed from: a rerun on a corpus edited in place, or on other
+    # weights, must not replace it silently (ScalingResult.save compares)
+    longest = windows.windows[max(spec.ns)]
+    meta[FINGERPRINT] = fingerprint_of(longest, None, model_digest(meta["model"]))
     return ScalingResult(meta, arrays, runs={r.n: run for r, run in lengths})
 
 
