@@ -166,8 +166,16 @@ def pipeline(count: int, batch: int) -> dict:
         ref, t_naive_full = _timed(naive(True))
         _, t_naive = _timed(naive(False))
     else:  # the float64 reference without the naive timings (a large model: hours)
-        ref = np.concatenate([np.linalg.svd(p.double().numpy(), compute_uv=False) for p in probs])
-        ref = ref.reshape(len(ids), loaded.num_layers, loaded.num_heads, -1)
+        # each batch's P is captured layer by layer: (L * b * H, n, n) -> (b, L, H, n)
+        layers, heads = loaded.num_layers, loaded.num_heads
+        ref = np.concatenate(
+            [
+                np.linalg.svd(p.double().numpy(), compute_uv=False)
+                .reshape(layers, -1, heads, p.shape[-1])
+                .transpose(1, 0, 2, 3)
+                for p in probs
+            ]
+        )
     result, t_lowrank = _timed(lowrank)
     _, t_forward = _timed(forward_only, repeat=2)
     _, t_svd = _timed(svd_only)
