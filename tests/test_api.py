@@ -385,7 +385,16 @@ def test_fewer_sequences_than_asked_is_a_warning_a_notebook_shows(bert_dir, monk
         )  # fmt: skip
     assert cli.exit_code == 0, cli.output
     assert cli.output.count("warning: corpus 'sample-wiki' yields") == 1
+    assert "fewer than --num-sequences 100000: analysing" in cli.output
     assert not [w for w in caught if w.category is LowrankWarning]  # said once, as a line
+
+    # the default was not asked for by the user: the line says whose number it is
+    cli = CliRunner().invoke(
+        main,
+        ["spectrum", "--model", str(bert_dir), "--seq-len", "16", "--out", str(tmp_path / "d")],
+    )
+    assert cli.exit_code == 0, cli.output
+    assert "fewer than the paper's 10000 (--num-sequences's default): analysing" in cli.output
 
 
 def test_a_result_shows_as_one_short_line_in_a_notebook(cli_run):

@@ -296,6 +296,24 @@ def test_figures_on_a_failing_disk_keep_the_earlier_figures(
     assert digest(out) == before  # the half-written figure replaced nothing
 
 
+def test_run_files_and_figures_are_as_readable_as_the_umask_allows(
+    good_run: Path, tmp_path: Path
+) -> None:
+    """Files are staged with mkstemp (mode 0600): figures came out readable by their owner
+    only, unlike every other file the user's umask lets others read."""
+    out = tmp_path / "figs"
+    old = os.umask(0o022)
+    try:
+        assert _invoke(["figures", str(good_run), "--out", str(out)]).exit_code == 0
+    finally:
+        os.umask(old)
+    written = [*out.iterdir(), *good_run.iterdir()]
+    assert any(p.suffix == ".png" for p in written)
+    for path in written:
+        if path.is_file():
+            assert path.stat().st_mode & 0o777 == 0o644, path
+
+
 def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(
     tmp_path: Path, faults: Faults
 ) -> None:

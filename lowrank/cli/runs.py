@@ -145,7 +145,8 @@ FORMATS: dict[str, Callable[[pd.DataFrame], str]] = {
     default=None,
     help="The run's natural index: the singular-value index for spectrum runs (default: "
     "the heatmap index, 128 for n = 512), k for project/verify, the budget for compare, n "
-    "for scaling/efficiency.",
+    "for scaling/efficiency, r (the key dimensions top-k scores from; default: nearest d/4) "
+    "for keys.",
 )
 @click.option(
     "--format",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from lowrank.core.options import flag, named
 from lowrank.errors import LowrankError
-from lowrank.inputs.config import InputConfig
+from lowrank.inputs.config import PAPER_NUM_SEQUENCES, InputConfig
 
 if TYPE_CHECKING:
     import torch
@@ -108,9 +108,12 @@ def report(prep: Prepared, config: InputConfig) -> None:
     policy = sequences.policy
     n_seq = len(sequences.lengths)
     if n_seq < config.num_sequences:
+        asked = named("num_sequences", config.num_sequences)
+        if config.num_sequences == PAPER_NUM_SEQUENCES:  # not asked: the default
+            asked = f"the paper's {PAPER_NUM_SEQUENCES} ({flag('num_sequences')}'s default)"
         log.warning(
             f"corpus '{corpus.name}' yields {policy['available']} sequences of {config.seq_len} "
-            f"tokens, fewer than {named('num_sequences', config.num_sequences)}: analysing {n_seq}"
+            f"tokens, fewer than {asked}: analysing {n_seq}"
         )
     if policy.get("skipped_short"):
         log.info(

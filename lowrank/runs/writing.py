@@ -202,6 +202,16 @@ def _clear_leftovers(folder: Path, names: list[str]) -> None:
                 _discard(Path(entry.path))
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# the mode open() would give a new file: 0666 less the umask (read once, at import)
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
 def _stage(final: Path, write: Writer) -> Path:
     """Write a temporary file beside ``final`` and flush it to disk; return its path."""
     try:
@@ -212,6 +222,7 @@ def _stage(final: Path, write: Writer) -> Path:
         raise cannot("write", final, exc, NOTHING_REPLACED) from exc
     tmp = Path(name)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 would hide the file from other users
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
