@@ -126,14 +126,16 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 def _unlist(folder: Path) -> None:
-    """Drop run.json's manifest (a folder as an earlier lowrank wrote it): the damages below
-    are then judged by what the files hold. With the manifest, any change to a file it
-    lists is refused (test_the_manifest_refuses_every_changed_file)."""
-    path = folder / "run.json"
-    if path.is_file():
-        meta = json.loads(path.read_text())
-        meta.pop("manifest", None)
-        path.write_text(json.dumps(meta, indent=2))
+    """Drop run.json's manifest and checkpoint.json's record of its npz (files as an
+    earlier lowrank wrote them): the damages below are then judged by what the files hold.
+    With them, any change to a file they list is refused
+    (test_the_manifest_refuses_every_changed_file, ..._checkpoint_record_...)."""
+    for name, key in (("run.json", "manifest"), ("checkpoint.json", "npz")):
+        path = folder / name
+        if path.is_file():
+            meta = json.loads(path.read_text())
+            meta.pop(key, None)
+            path.write_text(json.dumps(meta, indent=2))
 
 
 @contextmanager
@@ -625,7 +627,8 @@ def test_merge_answers_every_damaged_part(pristine: Pristine, damage: Damage) ->
         res = _invoke(["merge", str(part), str(pristine.shards[1]), "--out", str(out)])
         check_answer(res, expect, damage)
         if res.exit_code == 2:
-            assert "part 1" in res.stderr, res.stderr  # the damaged part is named
+            # the damaged part is named: by its place, or by its path where two parts differ
+            assert "part 1" in res.stderr or f"'{part}'" in res.stderr, res.stderr
             assert not out.exists()  # and nothing was written
         else:
             assert (out / "run.json").is_file()
@@ -725,6 +728,24 @@ def _resume(pristine: Pristine, damage: Damage) -> None:
 @given(damage=CHECKPOINT_DAMAGE)
 def test_resume_answers_every_damaged_checkpoint_more(pristine: Pristine, damage: Damage) -> None:
     _resume(pristine, damage)
+
+
+@settings(FAST, max_examples=20)
+@given(damage=CHECKPOINT_DAMAGE)
+def test_the_checkpoint_record_refuses_every_changed_npz(
+    pristine: Pristine, damage: Damage
+) -> None:
+    """checkpoint.json records its npz's size and sha256: an npz whose bytes changed is
+    refused on resume, whether or not its arrays would pass the codec's checks (a keys
+    checkpoint with an edited count or state resumed to wrong numbers)."""
+    original = (pristine.checkpoint / "checkpoint.npz").read_bytes()
+    with damaged(pristine.checkpoint, damage, unlisted=False) as (folder, _):
+        npz = folder / "checkpoint.npz"
+        if not npz.is_file() or npz.read_bytes() == original:
+            return  # the damage was to the json, or none: judged by the test above
+        res = _invoke([*pristine.resume, "--out", str(folder), "--resume"])
+        check_answer(res, "refuse", damage, only_line=False)
+        assert "is not the file its checkpoint.json describes" in res.stderr, res.stderr
 
 
 # --- the manifest: a folder mixing two runs, or a file changed after the run ---------------

@@ -120,10 +120,16 @@ def test_checkpoint_keeps_each_rank_and_its_own_next_index(tmp_path):
     assert next_index == 5 and [p.count for p in back] == [3, 2]
     for got, want in zip(back, parts, strict=True):
         np.testing.assert_array_equal(got.cumulative.m2, want.cumulative.m2)
-    # a crash between the npz and the json renames: the npz says which sequences it holds
-    old = (tmp_path / "checkpoint.json").read_text()
+    # a crash between the npz and the json renames: the old json's record of its npz
+    # refuses the new npz (one line saying how to start again) ...
+    old = json.loads((tmp_path / "checkpoint.json").read_text())
     write_checkpoint(tmp_path, {"x": 1}, [merge_in_order(parts)], 7, 9, "lowrank spectrum", CODEC)
-    (tmp_path / "checkpoint.json").write_text(old)
+    (tmp_path / "checkpoint.json").write_text(json.dumps(old))
+    with pytest.raises(LowrankError, match=r"is not the file its checkpoint\.json describes"):
+        read_checkpoint(tmp_path, {"x": 1}, CODEC)
+    # ... and a json written before that record existed: the npz says which sequences it holds
+    old.pop("npz")
+    (tmp_path / "checkpoint.json").write_text(json.dumps(old))
     found = read_checkpoint(tmp_path, {"x": 1}, CODEC)
     assert found is not None
     back, next_index = found

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -265,6 +266,10 @@ def test_a_resume_or_a_rerun_on_a_corpus_edited_in_place_is_refused(
     corpus.write_text(text.replace(" the ", " a "), encoding="utf-8")  # same path, new text
     with pytest.raises(LowrankError, match=r"made from other inputs.*token ids differ"):
         lowrank.keys(str(llama_dir), out=out, resume=True, **options)
+    # --overwrite beside --resume (as the interrupted command's own advice may carry it)
+    # continues the checkpoint: its inputs must still be these
+    with pytest.raises(LowrankError, match=r"made from other inputs.*token ids differ"):
+        lowrank.keys(str(llama_dir), out=out, resume=True, overwrite=True, **options)
     done = lowrank.keys(str(llama_dir), out=out, overwrite=True, **options)
     assert done.config["fingerprint"]["num_sequences"] == 4
     corpus.write_text(text, encoding="utf-8")
@@ -284,6 +289,9 @@ def test_a_resume_or_a_rerun_on_a_corpus_edited_in_place_is_refused(
             "--calibration-data: data path '/no/such/corpus' does not exist",
         ),
         (["--bootstrap-groups", "1"], "--bootstrap-groups 1 must be at least 2"),
+        (["--bootstrap", "1"], "--bootstrap 1: give 0 (no intervals) or at least 20"),
+        # the shared corpus readers name the calibration options, not --data
+        (["--calibration-dataset", "text"], "needs a file: pass --calibration-data PATH"),
         (["--queries", "0"], "--queries 0 must be at least 1"),
     ],
 )
@@ -343,3 +351,31 @@ def test_a_damaged_run_folder_is_refused_in_one_line(llama_run, tmp_path):
     del arrays["topk_sequence_means"]
     with pytest.raises(LowrankError, match="lacks arrays topk_sequence_means"):
         check_arrays(copy / "keys.npz", arrays, checks)
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (123, "calibration_data is int: give a path"),
+        (b"text", "calibration_data is bytes"),
+        ([1, 2], "calibration_data item 0 is int"),
+        ({"text": "x"}, "calibration_data: a mapping of token ids needs an 'input_ids' entry"),
+        (["", " "], "calibration_data holds no text"),
+    ],
+)
+def test_bad_calibration_objects_name_calibration_data(llama_dir, value, fragment):
+    with pytest.raises(LowrankError, match=re.escape(fragment)):
+        lowrank.keys(str(llama_dir), calibration_data=value, progress=False, **OPTIONS)
+
+
+def test_resume_of_a_complete_run_or_of_another_commands_run_says_which(llama_dir, tmp_path):
+    spectrum_run = tmp_path / "spectrum"
+    lowrank.spectrum(str(llama_dir), seq_len=N, num_sequences=2, out=spectrum_run, progress=False)
+    out = tmp_path / "done"
+    lowrank.keys(str(llama_dir), out=out, progress=False, **OPTIONS)
+    with pytest.raises(LowrankError, match="is already complete"):
+        lowrank.keys(str(llama_dir), out=out, resume=True, progress=False, **OPTIONS)
+    before = (spectrum_run / "run.json").read_bytes()
+    with pytest.raises(LowrankError, match=r"holds another run \(lowrank.spectrum.*not a partial"):
+        lowrank.keys(str(llama_dir), out=spectrum_run, resume=True, progress=False, **OPTIONS)
+    assert (spectrum_run / "run.json").read_bytes() == before

@@ -112,7 +112,7 @@ def runs(roberta_dir, bert_dir) -> dict[str, Any]:
             **quiet,
         ),
         "keys": lowrank.keys(
-            str(bert_dir), seq_len=32, num_sequences=2, bootstrap=10, queries=8, **quiet
+            str(bert_dir), seq_len=32, num_sequences=2, bootstrap=20, queries=8, **quiet
         ),
     }
 

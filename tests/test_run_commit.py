@@ -417,6 +417,10 @@ def test_a_resume_on_a_changed_corpus_is_refused(
     assert len(errors) == 1 and "was made from other inputs" in errors[0], res.stderr
     assert "token ids differ" in errors[0] and "--overwrite (not --resume)" in errors[0]
     assert not (out / "run.json").exists()
+    # --resume beside --overwrite continues the checkpoint too: refused the same way
+    res = _spectrum(roberta_dir, data, out, "--checkpoint-every", "1", "--resume", "--overwrite")
+    assert res.exit_code == 2 and "was made from other inputs" in res.stderr, res.output
+    assert not (out / "run.json").exists()
 
 
 def test_a_rerun_on_a_changed_corpus_does_not_replace_the_run(

@@ -335,10 +335,16 @@ def _checkpoint(tmp_path, counts=(3,), next_index=None, total=9):
 
 
 def _edit_checkpoint(tmp_path, edit):
+    """Edit the npz's arrays and drop checkpoint.json's record of the npz (as an earlier
+    lowrank wrote it), so that the codec's checks are what answers; with the record, any
+    edit is refused (test_corruption.test_the_checkpoint_record_refuses_every_changed_npz)."""
     with np.load(tmp_path / "checkpoint.npz") as npz:
         arrays = {k: npz[k] for k in npz.files}
     edit(arrays)
     np.savez(tmp_path / "checkpoint.npz", **arrays)
+    info = json.loads((tmp_path / "checkpoint.json").read_text())
+    info.pop("npz", None)
+    (tmp_path / "checkpoint.json").write_text(json.dumps(info))
 
 
 @pytest.mark.parametrize(

@@ -46,10 +46,25 @@ def naming(style: Naming) -> Iterator[None]:
         _NAMING.reset(token)
 
 
+_ALIASES: ContextVar[Mapping[str, str] | None] = ContextVar("lowrank_option_aliases", default=None)
+
+
+@contextmanager
+def renamed(aliases: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, messages about ``data`` (say) name the option the caller gave
+    instead (``calibration_data``): shared readers serve options of other names."""
+    token = _ALIASES.set({**(_ALIASES.get() or {}), **aliases})
+    try:
+        yield
+    finally:
+        _ALIASES.reset(token)
+
+
 def flag(name: str) -> str:
     """An option as the caller writes it: ``--seq-len`` on the command line, ``seq_len`` in
     Python. ``name`` may be either form (``"seq_len"`` or ``"--seq-len"``)."""
     bare = name.removeprefix("--").replace("-", "_")
+    bare = (_ALIASES.get() or {}).get(bare, bare)
     return "--" + bare.replace("_", "-") if _NAMING.get() == "cli" else bare
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lowrank.core.options import named
+from lowrank.core.options import flag, named
 from lowrank.errors import LowrankError
 from lowrank.inputs.config import InputConfig
 
@@ -36,7 +36,9 @@ def token_arrays(data: Any) -> tuple[np.ndarray, np.ndarray | None]:
     mask: Any = None
     if isinstance(data, Mapping):
         if "input_ids" not in data:
-            raise LowrankError("data: a mapping of token ids needs an 'input_ids' entry [N, n]")
+            raise LowrankError(
+                f"{flag('data')}: a mapping of token ids needs an 'input_ids' entry [N, n]"
+            )
         ids, mask = data["input_ids"], data.get("attention_mask")
     else:
         ids = data
@@ -127,7 +129,8 @@ def text_of(item: object, i: int) -> str:
             if isinstance(item.get(key), str):
                 return str(item[key])
     raise LowrankError(
-        f"data item {i} is {type(item).__name__}, not a string: give texts, token ids, or a path"
+        f"{flag('data')} item {i} is {type(item).__name__}, not a string: give texts, token "
+        "ids, or a path"
     )
 
 
@@ -153,6 +156,11 @@ def read_texts(
         )
     texts: list[str] = []
     have = 0.0  # sequences' worth of tokens (packed) or usable documents (document policy)
+    if isinstance(data, bytes | bytearray) or not isinstance(data, Iterable):
+        raise LowrankError(
+            f"{flag('data')} is {type(data).__name__}: give a path, a dataset name, texts "
+            "(a list or iterable of strings) or token ids [N, n]"
+        )
     items = iter(data)
     while have < need:
         chunk = [text_of(x, len(texts) + i) for i, x in enumerate(islice(items, _CHUNK))]
@@ -173,7 +181,7 @@ def text_corpus(texts: list[str], description: str) -> Corpus:
 
     docs = [t for t in texts if t.strip()]
     if not docs:
-        raise LowrankError("data holds no text (every string is empty or blank)")
+        raise LowrankError(f"{flag('data')} holds no text (every string is empty or blank)")
     return Corpus(MEMORY, "articles", description, None, docs)
 
 

@@ -8,6 +8,8 @@ module knows no family.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,7 @@ from lowrank.runs.folders import (
     read_checkpoint_info,
     restart_advice,
 )
+from lowrank.runs.manifest import file_record
 from lowrank.runs.npz import read_npz
 from lowrank.runs.writing import bytes_writer, json_bytes, write_files
 
@@ -77,9 +80,10 @@ def write_checkpoint(
 
     ``parts`` are in rank order, one per rank; together they hold sequences
     ``[0, next_index)``. One part is stored under the run folder's array names, several under
-    ``rank{r}.``-prefixed ones. The npz carries ``next_index`` and ``world_size`` itself, so a
-    crash between the two renames leaves a checkpoint that is still consistent. A failed
-    write leaves the previous checkpoint as it was. ``fingerprint`` (of every sequence of
+    ``rank{r}.``-prefixed ones. The npz is written first, then checkpoint.json with the
+    npz's size and sha256 (``npz``): a resume refuses an npz edited or damaged since, or
+    one a crash between the two writes left beside the previous json. A failed write
+    leaves the previous checkpoint as it was. ``fingerprint`` (of every sequence of
     the run and the model, :mod:`lowrank.runs.manifest`) is kept in checkpoint.json, so that
     a resume on other inputs is refused.
     """
@@ -100,10 +104,17 @@ def write_checkpoint(
         "command": command,
         **({"fingerprint": fingerprint} if fingerprint is not None else {}),
     }
+    # the json names the npz's size and sha256, so the npz is built in memory first (a
+    # SmolLM2 keys checkpoint: 0.45 GB); both are then written all-or-nothing as before
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    npz = buffer.getvalue()
+    del buffer
+    info["npz"] = {"bytes": len(npz), "sha256": hashlib.sha256(npz).hexdigest()}
     write_files(
         out,
         [
-            (CHECKPOINT_NPZ, lambda fh: np.savez(fh, **arrays)),
+            (CHECKPOINT_NPZ, bytes_writer(npz)),
             (CHECKPOINT_JSON, bytes_writer(json_bytes(info))),
         ],
     )
@@ -129,12 +140,25 @@ def read_checkpoint(
         raise LowrankError(f"the checkpoint in '{out}' belongs to another configuration")
     path = out / CHECKPOINT_NPZ
     try:
+        _check_record(path, info.get("npz"))
         data = read_npz(path, unnamed_limit=False)
         total = min(t for t in (info.get("total"), sequences, 2**62) if t is not None)
         parts, next_index = _checkpoint_parts(path, data, info, identity, total, codec)
     except LowrankError as exc:
         raise LowrankError(f"{exc}{restart_advice()}") from None
     return parts, next_index
+
+
+def _check_record(path: Path, record: Any) -> None:
+    """Refuse an npz whose size or sha256 is not the one its checkpoint.json recorded
+    (checkpoints written before the record existed pass)."""
+    if not isinstance(record, dict) or not path.is_file():
+        return
+    if file_record(path) != {"bytes": record.get("bytes"), "sha256": record.get("sha256")}:
+        raise LowrankError(
+            f"'{path}' is not the file its {CHECKPOINT_JSON} describes (edited, damaged, or "
+            "left by an interrupted write)"
+        )
 
 
 def _checkpoint_parts(

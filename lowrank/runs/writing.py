@@ -104,7 +104,14 @@ def _check_existing(
     if not entries:
         return
     if resume and not final and RUN_JSON in entries and CHECKPOINT_JSON not in entries:
-        raise LowrankError(f"{flag('resume')}: the run in '{out}' is already complete")
+        if _old_meta(out).get("identity") == identity:
+            raise LowrankError(f"{flag('resume')}: the run in '{out}' is already complete")
+        if not overwrite:
+            old = _old_meta(out)
+            raise LowrankError(
+                f"{flag('resume')}: '{out}' holds another run "
+                f"({old.get('command', 'unknown command')}), not a partial run of this one"
+            )
     if CHECKPOINT_JSON in entries and RUN_JSON not in entries:
         if overwrite:
             return

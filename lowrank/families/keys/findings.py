@@ -148,9 +148,11 @@ def rank_lines(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> list[str]
             f"{_fmt(pca['value_rank90'])}, queries {_fmt(pca['query_rank90_post'])}"
         )
     post = pca["key_rank90_post"][0] / d
+    loki = (  # Loki's share is for 90% of the variance: beside another fraction it misleads
+        f" (Loki, 7B models: about {100 * LOKI_POST_SHARE:.0f}% post-RoPE)" if share == 90 else ""
+    )
     lines.append(
-        f"  {'post-RoPE keys need' if rotary else 'keys need'} {100 * post:.0f}% of d (Loki, "
-        f"7B models: about {100 * LOKI_POST_SHARE:.0f}% post-RoPE)"
+        f"  {'post-RoPE keys need' if rotary else 'keys need'} {100 * post:.0f}% of d{loki}"
     )
     cal_pre, cal_post = pca["calibration_key_rank90_pre"], pca["calibration_key_rank90_post"]
     if cal_pre is not None:
@@ -229,7 +231,9 @@ def topk_lines(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> list[str]
     for s, name in rows[: len(arrays["topk_bases"])]:
         lines.append(f"At {at}, {name} [95% t over sequences]: {_with(found, s, ri)}")
     bound = float(arrays["topk_bound_share"][0].mean())
-    if bound < 1:
+    if bound == 0:
+        lines.append(f"At {at}, the budget binds no query (k covers every key it sees)")
+    elif bound < 1:
         binding = ", ".join(
             f"{m} {np.nanmean(arrays[f'topk_{m}_binding_mean'][s, ri, 0]):.3f}"
             for s, m in itertools.product((0,), TOPK_METRICS)
@@ -244,9 +248,14 @@ def topk_lines(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> list[str]
         )
     if "gap" in found["recall"] and ranks[ri] < d:
         gap, low, high = (found["recall"][k][ri, 0] for k in ("gap", "gap_low", "gap_high"))
+        interval = (
+            f"[{low:+.3f}, {high:+.3f}]"
+            if np.isfinite([low, high]).all()
+            else "(no interval: too few sequences)"
+        )
         lines.append(
             f"Transfer gap (PCA fitted on the evaluated text minus on {cal}), recall at {at}: "
-            f"{gap:+.3f} [{low:+.3f}, {high:+.3f}]"
+            f"{gap:+.3f} {interval}"
         )
     sink = float(arrays["topk_sink_mass"].mean())
     lines.append(f"Attention on the first token (kept on top of k): {sink:.2f} on average")
@@ -257,7 +266,10 @@ def _with(found: dict[str, dict[str, np.ndarray]], s: int, ri: int) -> str:
     parts = []
     for metric in ("recall", "mass", "error"):
         mean, low, high = (found[metric][k][s, ri, 0] for k in ("mean", "low", "high"))
-        parts.append(f"{metric} {mean:.3f} [{low:.3f}, {high:.3f}]")
+        interval = f" [{low:.3f}, {high:.3f}]" if np.isfinite([low, high]).all() else ""
+        parts.append(f"{metric} {mean:.3f}{interval}")
+    if not interval:
+        parts.append("no interval (too few sequences)")
     return ", ".join(parts)
 
 

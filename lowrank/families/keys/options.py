@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import get_args
 
-from lowrank.core.options import Option, Options, check_seed, merge
+from lowrank.core.options import Option, Options, check_seed, merge, named
+from lowrank.errors import LowrankError
 from lowrank.inputs.config import DatasetName
 from lowrank.inputs.options import API_ONLY, model_and_corpus, output
 
@@ -12,6 +13,19 @@ DEFAULT_BUDGETS = (0.125, 0.25, 0.5)
 """Loki's k grid: n/8, n/4, n/2 of the sequence's valid tokens."""
 MAX_GROUPS = 1024
 """The most bootstrap groups: each holds a d x d co-moment per layer, head and tensor."""
+MIN_BOOTSTRAP = 20
+"""Fewer replicates give 2.5% and 97.5% quantiles from one or two draws (an interval of
+one replicate may not even hold its estimate)."""
+
+
+def _check_bootstrap(option: str, value: int) -> int:
+    if 0 < value < MIN_BOOTSTRAP:
+        raise LowrankError(
+            f"{named(option, value)}: give 0 (no intervals) or at least {MIN_BOOTSTRAP} "
+            "replicates for a 95% interval"
+        )
+    return value
+
 
 HELP = """Low-rank structure of queries, keys, values and logits, pre- and post-RoPE, and top-k
 attention from a few key dimensions (Loki, ShadowKV).
@@ -129,9 +143,11 @@ OPTIONS = Options(
             Option(
                 "bootstrap",
                 200,
-                "Bootstrap replicates of the rank intervals (resampling sequences); 0: none.",
+                f"Bootstrap replicates of the rank intervals (resampling sequences), at least "
+                f"{MIN_BOOTSTRAP}; 0: none.",
                 low=0,
                 high=100_000,
+                check=_check_bootstrap,
             ),
             Option(
                 "bootstrap_groups",

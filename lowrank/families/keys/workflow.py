@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lowrank.core.options import flag
+from lowrank.core.options import flag, renamed
 from lowrank.errors import LowrankError
 from lowrank.families.keys import tables
 from lowrank.families.keys.format import FORMAT
@@ -92,6 +92,14 @@ def keys_identity(job: Job) -> dict[str, Any]:
     return dict(json.loads(json.dumps(found)))  # as run.json and checkpoint.json hold it
 
 
+_CALIBRATION_OPTIONS = {
+    "data": "calibration_data",
+    "dataset": "calibration_dataset",
+    "split": "calibration_split",
+    "num_sequences": "calibration_sequences",
+}
+
+
 def calibration_sequences(prep: Prepared, job: Job) -> tuple[Sequences, dict[str, Any]]:
     """The calibration sequences, tokenised by the evaluated model's tokenizer, and their
     run.json record. The default corpus is the embedded sample of the other kind: reviews
@@ -110,11 +118,12 @@ def calibration_sequences(prep: Prepared, job: Job) -> tuple[Sequences, dict[str
     fields |= {"split": cal.split or config.split}
     fields["num_sequences"] = cal.sequences or len(prep.sequences.lengths)
     cal_config = replace(config, **fields)
-    if is_memory_data(cal.data):
-        corpus, seqs, kind = _memory_calibration(prep, cal.data, cal_config)
-    else:
-        corpus, seqs = _corpus_calibration(prep, cal.data, cal_config)
-        kind = corpus.kind
+    with renamed(_CALIBRATION_OPTIONS):  # the shared readers' messages name these options
+        if is_memory_data(cal.data):
+            corpus, seqs, kind = _memory_calibration(prep, cal.data, cal_config)
+        else:
+            corpus, seqs = _corpus_calibration(prep, cal.data, cal_config)
+            kind = corpus.kind
     record = {
         "dataset": corpus.name,
         "kind": kind,
@@ -157,7 +166,10 @@ def _corpus_calibration(prep: Prepared, data: Any, config: InputConfig) -> tuple
             config.policy, config.keep_short,
         )  # fmt: skip
     except LowrankError as exc:
-        raise LowrankError(f"{flag('calibration_data')}: {exc}") from None
+        shown = str(exc)
+        if flag("calibration") not in shown:  # messages of the shared readers name it already
+            shown = f"{flag('calibration_data')}: {shown}"
+        raise LowrankError(shown) from None
     if len(seqs.lengths) == 0:
         raise LowrankError(
             f"{flag('calibration_data')}: '{corpus.name}' holds no sequence of {config.seq_len} "
@@ -231,15 +243,17 @@ def _fingerprint(job: Job, prep: Prepared, cal_seqs: Sequences) -> None:
     digest = model_digest(prep.meta(job.config)["model"])
     job.fingerprint = fingerprint_of(seqs.input_ids, seqs.attention_mask, digest)
     job.fingerprint["calibration"] = _digest(cal_seqs)
-    if job.out is None or job.overwrite:
+    if job.out is None:
         return
-    if job.resume and (job.out / "checkpoint.json").exists():
+    if job.resume and (job.out / "checkpoint.json").exists():  # continued, --overwrite or not
         changed = difference(read_checkpoint_info(job.out).get(FINGERPRINT), job.fingerprint)
         if changed:
             raise LowrankError(
                 f"the checkpoint in '{job.out}' was made from other inputs ({changed}): pass "
                 f"{switch('overwrite')} (not {switch('resume')}) to start again"
             )
+        return
+    if job.overwrite:
         return
     check_out_dir(job.out, job.identity or {}, job.overwrite, job.resume, job.fingerprint)
 

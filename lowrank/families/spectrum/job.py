@@ -114,15 +114,17 @@ def check_inputs(job: Job, prep: Prepared, found: Any, check: bool = True) -> No
     job.model_digest = model_digest(prep.meta(job.config)["model"])
     job.fingerprint = fingerprint_of(seqs.input_ids, seqs.attention_mask, job.model_digest)
     out = job.out
-    if out is None or job.overwrite or not check:
+    if out is None or not check:
         return
-    if found is not None:
+    if found is not None:  # continued, --overwrite or not: its inputs must be these
         changed = difference(read_checkpoint_info(out).get(FINGERPRINT), job.fingerprint)
         if changed:
             raise LowrankError(
                 f"the checkpoint in '{out}' was made from other inputs ({changed}): pass "
                 f"{switch('overwrite')} (not {switch('resume')}) to start again"
             )
+        return
+    if job.overwrite:
         return
     old = _run_meta(out)
     count = old.get("num_sequences")
