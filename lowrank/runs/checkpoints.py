@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from lowrank.core.options import switch
 from lowrank.errors import LowrankError
 from lowrank.runs.arrays import ArraySpec, check_arrays
 from lowrank.runs.folders import (
@@ -25,7 +26,7 @@ from lowrank.runs.folders import (
     read_checkpoint_info,
     restart_advice,
 )
-from lowrank.runs.manifest import file_record
+from lowrank.runs.manifest import FINGERPRINT, difference, file_record
 from lowrank.runs.npz import read_npz
 from lowrank.runs.writing import bytes_writer, json_bytes, write_files
 
@@ -147,6 +148,18 @@ def read_checkpoint(
     except LowrankError as exc:
         raise LowrankError(f"{exc}{restart_advice()}") from None
     return parts, next_index
+
+
+def check_checkpoint_inputs(out: Path, fingerprint: dict[str, Any]) -> None:
+    """Refuse to continue the checkpoint in ``out`` from inputs whose ``fingerprint``
+    (:mod:`lowrank.runs.manifest`) differs from the one it recorded: a corpus file edited
+    in place, other weights under the same path; ``--overwrite`` beside ``--resume`` too."""
+    changed = difference(read_checkpoint_info(out).get(FINGERPRINT), fingerprint)
+    if changed:
+        raise LowrankError(
+            f"the checkpoint in '{out}' was made from other inputs ({changed}): pass "
+            f"{switch('overwrite')} (not {switch('resume')}) to start again"
+        )
 
 
 def _check_record(path: Path, record: Any) -> None:

@@ -33,6 +33,7 @@ from lowrank.families.keys.result import KeysResult
 from lowrank.inputs.config import InputConfig
 from lowrank.runs.checkpoints import (
     RunInterrupted,
+    check_checkpoint_inputs,
     clear_checkpoint,
     read_checkpoint,
     sigterm_as_interrupt,
@@ -235,9 +236,7 @@ def _fingerprint(job: Job, prep: Prepared, cal_seqs: Sequences) -> None:
     """Record what the run is computed from (the evaluated and calibration token ids, the
     model's weights) and refuse a resume, or the replacement of a complete run, made from
     other inputs under the same options (a corpus file edited in place, another model)."""
-    from lowrank.core.options import switch
-    from lowrank.runs.folders import read_checkpoint_info
-    from lowrank.runs.manifest import FINGERPRINT, difference, fingerprint_of, model_digest
+    from lowrank.runs.manifest import fingerprint_of, model_digest
 
     seqs = prep.sequences
     digest = model_digest(prep.meta(job.config)["model"])
@@ -246,12 +245,7 @@ def _fingerprint(job: Job, prep: Prepared, cal_seqs: Sequences) -> None:
     if job.out is None:
         return
     if job.resume and (job.out / "checkpoint.json").exists():  # continued, --overwrite or not
-        changed = difference(read_checkpoint_info(job.out).get(FINGERPRINT), job.fingerprint)
-        if changed:
-            raise LowrankError(
-                f"the checkpoint in '{job.out}' was made from other inputs ({changed}): pass "
-                f"{switch('overwrite')} (not {switch('resume')}) to start again"
-            )
+        check_checkpoint_inputs(job.out, job.fingerprint)
         return
     if job.overwrite:
         return

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lowrank.core.options import flag, named, switch
+from lowrank.core.options import flag, named
 from lowrank.errors import LowrankError
 from lowrank.families.spectrum.format import FORMAT
 from lowrank.families.spectrum.result import SpectrumResult
@@ -25,8 +25,8 @@ from lowrank.families.spectrum.stats import CODEC, stats_arrays
 from lowrank.inputs.config import InputConfig, heatmap_index
 from lowrank.inputs.prepared import Prepared
 from lowrank.inputs.routes import layers_alive
-from lowrank.runs.checkpoints import write_checkpoint
-from lowrank.runs.manifest import FINGERPRINT, difference, fingerprint_of, model_digest
+from lowrank.runs.checkpoints import check_checkpoint_inputs, write_checkpoint
+from lowrank.runs.manifest import FINGERPRINT, fingerprint_of, model_digest
 from lowrank.runs.provenance import package_versions
 from lowrank.runs.writing import check_out_dir, write_run
 
@@ -108,7 +108,6 @@ def check_inputs(job: Job, prep: Prepared, found: Any, check: bool = True) -> No
     Raises:
         LowrankError: naming what differs and how to start again.
     """
-    from lowrank.runs.folders import read_checkpoint_info
 
     seqs = prep.sequences
     job.model_digest = model_digest(prep.meta(job.config)["model"])
@@ -117,12 +116,7 @@ def check_inputs(job: Job, prep: Prepared, found: Any, check: bool = True) -> No
     if out is None or not check:
         return
     if found is not None:  # continued, --overwrite or not: its inputs must be these
-        changed = difference(read_checkpoint_info(out).get(FINGERPRINT), job.fingerprint)
-        if changed:
-            raise LowrankError(
-                f"the checkpoint in '{out}' was made from other inputs ({changed}): pass "
-                f"{switch('overwrite')} (not {switch('resume')}) to start again"
-            )
+        check_checkpoint_inputs(out, job.fingerprint)
         return
     if job.overwrite:
         return
